@@ -1,0 +1,1 @@
+"""AIRCON: AI-supported Radiotherapy CONtouring, a DICOM auto-contouring gateway."""

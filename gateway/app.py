@@ -1,0 +1,85 @@
+"""Wiring: one config -> store, spool, queue, pipeline, Storage SCP. Used by the CLI."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.jobs import HueyDispatcher, make_huey
+from gateway.pipeline import Pipeline
+from gateway.receive import Receiver
+from gateway.spool import Spool
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig):
+        self.cfg = cfg
+        cfg.paths.spool.mkdir(parents=True, exist_ok=True)
+        cfg.paths.output.mkdir(parents=True, exist_ok=True)
+        if cfg.database.url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(cfg.database.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.database.url)
+        self.huey = make_huey(cfg)
+        self.dispatcher = HueyDispatcher(self.huey)
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.cfg, self.store, self.dispatcher)
+        return self._pipeline
+
+    def serve(self, ready: threading.Event | None = None) -> None:
+        """Run the SCP and the queue workers until SIGINT/SIGTERM (blocks; main thread)."""
+        from gateway.dicom.scp import StorageSCP
+
+        pipeline = self.pipeline
+        self.dispatcher.bind(pipeline)
+        if self.cfg.queue.backend == "sqlite":
+            self.huey.flush()  # the database is the truth: recover() re-dispatches from it
+        receiver = Receiver(
+            Spool(self.cfg.paths.spool),
+            self.store,
+            on_study=lambda uid: self.dispatcher.check_study(
+                uid, delay=self.cfg.assembly.series_quiet_s + 0.2
+            ),
+        )
+        scp = StorageSCP(
+            self.cfg.ae_title, self.cfg.listen.host, self.cfg.listen.port, self.cfg.peers, receiver
+        )
+        pipeline.recover()
+        scp.start()
+        threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
+        consumer: Any = self.huey.create_consumer(
+            workers=self.cfg.queue.workers,
+            worker_type="thread",
+            periodic=False,
+            initial_delay=0.05,
+            backoff=1.5,
+            max_delay=0.5,
+            scheduler_interval=1,
+        )
+        log.info("gateway %s ready on %s:%d", self.cfg.ae_title, self.cfg.listen.host, scp.port)
+        if ready is not None:
+            ready.set()
+        try:
+            consumer.run()
+        finally:
+            scp.stop()
+            log.info("gateway stopped")
+
+    def _warm_models(self) -> None:
+        names = {r.model for r in self.cfg.rules}
+        for name in sorted(names):
+            try:
+                self.pipeline.segmenters.get(self.cfg.models[name]).warm_up()
+                log.info("model %s warm", name)
+            except Exception as exc:  # reported again, per job, when it is used
+                log.error("model %s failed to load: %s", name, exc)

@@ -1,0 +1,211 @@
+"""``aircon``: the command line. The only place that parses arguments and configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import DestinationConfig, GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+
+log = logging.getLogger(__name__)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pynetdicom", "huey"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _peer(cfg: GatewayConfig, spec: str) -> DestinationConfig:
+    """A destination by config name, or ``AE@host:port``."""
+    if spec in cfg.destinations:
+        return cfg.destinations[spec]
+    m = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", spec)
+    if not m:
+        raise GatewayError(
+            f"unknown peer '{spec}': use a destination name from config.yaml or AE@host:port"
+        )
+    return DestinationConfig(ae_title=m[1], host=m[2], port=int(m[3]))
+
+
+def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    print(
+        f"config OK: AE {cfg.ae_title} on {cfg.listen.host}:{cfg.listen.port}, "
+        f"{len(cfg.rules)} rule(s), {len(cfg.models)} model(s), "
+        f"{len(cfg.destinations)} destination(s)"
+    )
+    for m in cfg.models.values():
+        print(f"  model {m.name} {m.version} sha256 {m.weights_sha256[:16]}...")
+    return 0
+
+
+def cmd_serve(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    Gateway(cfg).serve()
+    return 0
+
+
+def cmd_echo(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.dicom.scu import echo
+
+    dest = _peer(cfg, args.peer)
+    t0 = time.monotonic()
+    res = echo(dest, args.calling_ae or cfg.ae_title, timeout=args.timeout)
+    ms = (time.monotonic() - t0) * 1000
+    print(f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: "
+          f"{'success' if res.ok else 'FAILED'} ({res.detail}, {ms:.0f} ms)")
+    return 0 if res.ok else 1
+
+
+def cmd_send(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gateway.dicom.scu import store
+
+    dest = _peer(cfg, args.peer)
+    root = Path(args.path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise GatewayError(f"no files under {root}")
+    with tqdm(total=len(files), unit="inst", disable=args.quiet) as bar:
+        statuses = store(dest, args.calling_ae or cfg.ae_title, files, timeout=args.timeout,
+                         progress=lambda n: bar.update(1))
+    print(f"sent {len(statuses)} instance(s) to {dest.ae_title}@{dest.host}:{dest.port}")
+    return 0
+
+
+def _store(cfg: GatewayConfig):  # type: ignore[no-untyped-def]
+    from gateway.store import Store
+
+    return Store(cfg.database.url)
+
+
+def cmd_studies(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    rows = _store(cfg).list_studies()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'Study Instance UID':<64}  series  instances  last received")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_received_at"]))
+        print(f"{r['study_uid']:<64}  {r['series']:>6}  {r['instances']:>9}  {when}")
+    return 0
+
+
+def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.pipeline import describe
+
+    store = _store(cfg)
+    rows = describe(store, store.list_jobs(limit=args.limit))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        t = " ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items())
+        print(f"job {r['job']:>4}  {r['state']:<10} rule={r['rule']} model={r['model']} "
+              f"study={r['study_uid']}")
+        if r["reason"]:
+            print(f"          reason: {r['reason']}")
+        if t:
+            print(f"          timings: {t}")
+        for d in r["deliveries"]:
+            print(f"          -> {d['destination']}: {d['state']} after {d['attempts']} "
+                  f"attempt(s) {d['last_status']}")
+    return 0
+
+
+def cmd_resend(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    gw = Gateway(cfg)
+    try:
+        print(gw.pipeline.resend(args.job))
+    except KeyError:
+        raise GatewayError(f"no job {args.job}") from None
+    return 0
+
+
+def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    summary = run_demo(cfg_path, out_dir=Path(args.out) if args.out else None, as_json=args.json)
+    return 0 if summary["ok"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aircon", description="AIRCON DICOM auto-contouring gateway")
+    p.add_argument("-c", "--config", default="config.yaml", help="config file (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the Storage SCP and the workers")
+    sub.add_parser("check-config", help="validate config.yaml and the models")
+    e = sub.add_parser("echo", help="C-ECHO a peer (destination name or AE@host:port)")
+    e.add_argument("peer")
+    s = sub.add_parser("send", help="C-STORE a file or folder to a peer")
+    s.add_argument("path")
+    s.add_argument("peer")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    for x in (e, s):
+        x.add_argument("--calling-ae", default=None)
+        x.add_argument("--timeout", type=float, default=30.0)
+    for name in ("studies", "jobs"):
+        x = sub.add_parser(name, help=f"list {name}")
+        x.add_argument("--json", action="store_true")
+        x.add_argument("--limit", type=int, default=50)
+    r = sub.add_parser("resend", help="retry a failed job or its parked deliveries")
+    r.add_argument("job", type=int)
+    d = sub.add_parser("demo", help="phantom study in, RTSTRUCT out, on loopback")
+    d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    d.add_argument("--out", default=None,
+                   help="folder for the demo's files, emptied first (default: ./aircon-demo)")
+    return p
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "check-config": cmd_check_config,
+    "echo": cmd_echo,
+    "send": cmd_send,
+    "studies": cmd_studies,
+    "jobs": cmd_jobs,
+    "resend": cmd_resend,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        if args.command == "demo":
+            return cmd_demo(Path(args.config), args)
+        cfg = load_config(Path(args.config))
+        return COMMANDS[args.command](cfg, args)
+    except ConfigError as exc:
+        print(f"aircon: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for path, reason in exc.problems:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"aircon: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"aircon: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

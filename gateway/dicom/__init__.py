@@ -1,0 +1,1 @@
+"""The network edge: the only package that imports pynetdicom."""

@@ -1,0 +1,9 @@
+"""Named DIMSE status codes (PS3.4 Annex B, PS3.7 Annex C) used by the gateway."""
+
+from __future__ import annotations
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+PROCESSING_FAILURE = 0x0110

@@ -1,0 +1,58 @@
+"""The gateway's one exception tree.
+
+::
+
+    GatewayError                      anything the gateway raises on purpose
+    ├── ConfigError                   config.yaml or a model.yaml is invalid (carries every problem)
+    ├── RetriableError                the queue tries again later, with backoff
+    │   ├── PeerUnavailable           association refused/aborted, connection refused, timeout
+    │   └── PeerBusy                  the peer answered with a transient failure status (0xA7xx)
+    └── PermanentError                retrying cannot help: parked, visible, resendable by hand
+        ├── InvalidInput              the received data cannot form a volume or is out of scope
+        ├── ModelError                the model could not be loaded or failed on this input
+        └── DeliveryRejected          the peer rejected the object (0xA9xx, 0xCxxx, ...)
+
+Messages never contain patient names or IDs: UIDs, job ids and reasons only.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """Invalid configuration; ``problems`` lists ``(path, reason)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {r}" for p, r in problems))
+
+
+class RetriableError(GatewayError):
+    """A failure that may go away by itself: try again later."""
+
+
+class PeerUnavailable(RetriableError):
+    """The peer could not be reached or the association was refused or aborted."""
+
+
+class PeerBusy(RetriableError):
+    """The peer answered with a transient failure status (e.g. 0xA700 out of resources)."""
+
+
+class PermanentError(GatewayError):
+    """A failure that retrying cannot fix."""
+
+
+class InvalidInput(PermanentError):
+    """The received instances cannot be used (inconsistent volume, missing series, ...)."""
+
+
+class ModelError(PermanentError):
+    """The model could not be loaded or failed on this input."""
+
+
+class DeliveryRejected(PermanentError):
+    """The destination rejected the object with a failure status."""

@@ -1,0 +1,346 @@
+"""The pipeline: the only sequencer of a study's stages.
+
+    check_study  route -> assemble: open a job, wait for its inputs, queue it (or fail it)
+    run_job      build volumes -> segment -> build RTSTRUCT -> open deliveries
+    deliver      C-STORE one RTSTRUCT to one destination, with backoff, parked after max_attempts
+
+The database is the durable truth; a :class:`Dispatcher` (the task queue) only says *when* a step
+runs next. After a restart :meth:`Pipeline.recover` re-dispatches everything unfinished, and each
+step claims its row first, so a step dispatched twice runs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gateway import assembly, routing
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, PeerUnavailable, PermanentError, RetriableError
+from gateway.geometry import check_volume
+from gateway.store import DeliveryState, JobRow, JobState, Store, StudyInfo
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Where the pipeline hands its next steps (the task queue, or inline in tests)."""
+
+    def check_study(self, study_uid: str, delay: float = 0.0) -> None: ...
+    def run_job(self, job_id: int) -> None: ...
+    def deliver(self, delivery_id: int, delay: float = 0.0) -> None: ...
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with +-20% jitter: base, 2 base, 4 base, ... capped at ``cap``."""
+    rng = rng or random.Random()
+    return min(cap, base * 2 ** max(0, attempt - 1)) * rng.uniform(0.8, 1.2)
+
+
+def stage_timings(job: JobRow, study: StudyInfo | None) -> dict[str, float]:
+    """Seconds spent per stage, from the recorded timestamps (missing stages are left out)."""
+    st = dict(job.stages)
+    if study is not None:
+        st.setdefault("received_first", study.first_received_at)
+        st.setdefault("received_last", min(study.last_received_at, st.get("ready", 1e18)))
+    spans = [
+        ("receive", "received_first", "received_last"),
+        ("assemble", "received_last", "ready"),
+        ("queue", "ready", "started"),
+        ("volume", "started", "volume"),
+        ("segment", "volume", "segment"),
+        ("rtstruct", "segment", "rtstruct"),
+        ("send", "rtstruct", "delivered"),
+        ("total", "received_last", "delivered"),
+    ]
+    return {name: round(st[b] - st[a], 3) for name, a, b in spans if a in st and b in st}
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        store: Store,
+        dispatcher: Dispatcher,
+        segmenters: Any = None,
+        clock: Any = time.time,
+    ):
+        self.cfg = cfg
+        self.store = store
+        self.dispatch = dispatcher
+        self.clock = clock
+        if segmenters is None:
+            from gateway.segment import SegmenterCache
+
+            segmenters = SegmenterCache(cfg.segmentation)
+        self.segmenters = segmenters
+        self._check_lock = threading.Lock()
+
+    # -- assemble --------------------------------------------------------------------------------
+
+    def check_study(self, study_uid: str) -> None:
+        with self._check_lock:
+            self._check_study(study_uid, self.clock())
+
+    def _check_study(self, study_uid: str, now: float) -> None:
+        study = self.store.study(study_uid)
+        if study is None:
+            return
+        rule = routing.route(self.cfg.rules, study)
+        if rule is None:
+            log.info("study %s: no rule matches; kept, not processed", study_uid)
+            return
+        jobs = self.store.jobs_for(study_uid, rule.name)
+        last = jobs[-1] if jobs else None
+        if last is not None and last.state != JobState.WAITING.value:
+            if last.state not in (JobState.DONE.value, JobState.FAILED.value):
+                # Busy with earlier input: look again once it is done.
+                self.dispatch.check_study(study_uid, delay=max(1.0, self.cfg.assembly.series_quiet_s))
+                return
+            if last.created_at >= study.last_received_at:
+                return  # nothing new since that job
+            last = None
+        job = last or self.store.create_job(study_uid, rule.name, rule.model, now)
+        model = self.cfg.models[rule.model]
+        decision = assembly.decide(
+            model, study, opened_at=job.created_at, now=now, cfg=self.cfg.assembly
+        )
+        if isinstance(decision, assembly.Ready):
+            self.store.update_job(
+                job.id,
+                state=JobState.QUEUED,
+                reason="",
+                stage="ready",
+                now=now,
+                input_series=[s.series_uid for s in decision.series],
+            )
+            log.info("job %d study %s: inputs complete, queued for %s", job.id, study_uid, model.name)
+            self.dispatch.run_job(job.id)
+        elif isinstance(decision, assembly.Waiting):
+            self.store.update_job(job.id, reason=decision.reason)
+            self.dispatch.check_study(study_uid, delay=max(0.5, decision.recheck_at - now))
+        else:
+            self.store.update_job(job.id, state=JobState.FAILED, reason=decision.reason, stage="failed")
+            log.warning("job %d study %s failed: %s", job.id, study_uid, decision.reason)
+
+    # -- segment + RTSTRUCT ----------------------------------------------------------------------
+
+    def run_job(self, job_id: int) -> None:
+        if not self.store.claim_job(job_id, JobState.QUEUED, JobState.RUNNING):
+            return
+        self.store.update_job(job_id, stage="started")
+        try:
+            self._run(job_id)
+        except PermanentError as exc:
+            self._fail(job_id, str(exc))
+        except GatewayError as exc:
+            self._fail(job_id, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.exception("job %d: unexpected error", job_id)
+            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, job_id: int, reason: str) -> None:
+        log.warning("job %d failed: %s", job_id, reason)
+        self.store.update_job(job_id, state=JobState.FAILED, reason=reason, stage="failed")
+
+    def _ordered_paths(self, study: StudyInfo, series_uid: str) -> list[Path]:
+        series = next(s for s in study.series if s.series_uid == series_uid)
+        order = check_volume(series.slices).order
+        return [Path(series.paths[uid]) for uid in order]
+
+    def _run(self, job_id: int) -> None:
+        import SimpleITK as sitk
+
+        from gateway import imaging, rtstruct
+
+        job = self.store.job(job_id)
+        assert job is not None
+        study = self.store.study(job.study_uid)
+        assert study is not None
+        model = self.cfg.models[job.model]
+        volumes = [imaging.read_series(self._ordered_paths(study, uid)) for uid in job.input_series]
+        primary = volumes[0]
+        channels = [primary.image] + [
+            imaging.resample_to(v.image, primary.image) for v in volumes[1:]
+        ]
+        arrays = [sitk.GetArrayFromImage(c).astype(np.float32) for c in channels]
+        sx, sy, sz = primary.image.GetSpacing()
+        self.store.update_job(job_id, stage="volume")
+
+        segmenter = self.segmenters.get(model)
+        label_map = segmenter.predict(arrays, (sz, sy, sx))
+        self.store.update_job(job_id, stage="segment")
+
+        provenance = rtstruct.Provenance(model.name, model.version, model.weights_sha256)
+        ds = rtstruct.build_rtstruct(
+            primary,
+            label_map,
+            model.labels,
+            provenance,
+            self.cfg.rtstruct,
+            input_series_uids=job.input_series,
+        )
+        out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
+        rtstruct.write_dataset(ds, out)
+        voxel_cc = sx * sy * sz / 1000.0
+        rois = [
+            {"name": spec.name, "label": int(label), "volume_cc": round(float(np.sum(label_map == label)) * voxel_cc, 2)}
+            for label, spec in sorted(model.labels.items())
+        ]
+        self.store.update_job(
+            job_id,
+            stage="rtstruct",
+            rtstruct_uid=str(ds.SOPInstanceUID),
+            rtstruct_path=str(out),
+            results={"rois": rois, "model": model.name, "model_version": model.version,
+                     "weights_sha256": model.weights_sha256},
+        )
+        rule = next(r for r in self.cfg.rules if r.name == job.rule)
+        ids = self.store.create_deliveries(job_id, rule.destinations)
+        self.store.update_job(job_id, state=JobState.DELIVERING, reason="")
+        log.info("job %d study %s: RTSTRUCT %s built, delivering to %d destination(s)",
+                 job_id, job.study_uid, ds.SOPInstanceUID, len(ids))
+        for delivery_id in ids:
+            self.dispatch.deliver(delivery_id)
+
+    # -- send ------------------------------------------------------------------------------------
+
+    def deliver(self, delivery_id: int) -> None:
+        from gateway.dicom import scu
+
+        if not self.store.claim_delivery(delivery_id, self.clock()):
+            return  # already sent, parked, being sent, or not due yet
+        d = self.store.delivery(delivery_id)
+        assert d is not None
+        job = self.store.job(d.job_id)
+        assert job is not None and job.rtstruct_path
+        dest = self.cfg.destinations.get(d.destination)
+        attempt = d.attempts + 1
+        if dest is None:
+            self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
+                                       last_status=f"destination '{d.destination}' not configured")
+            self._settle_job(d.job_id)
+            return
+        try:
+            try:
+                scu.store(dest, self.cfg.ae_title, [Path(job.rtstruct_path)],
+                          timeout=self.cfg.delivery.timeout_s)
+            except (GatewayError, OSError):
+                raise
+            except Exception as exc:  # an unexpected network-library failure: try again later
+                log.exception("job %d: delivery to %s: unexpected error", d.job_id, d.destination)
+                raise PeerUnavailable(f"unexpected {type(exc).__name__}") from exc
+        except RetriableError as exc:
+            if attempt >= self.cfg.delivery.max_attempts:
+                self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
+                                           last_status=f"parked after {attempt} attempts: {exc}")
+                log.warning("job %d: delivery to %s parked: %s", d.job_id, d.destination, exc)
+                self._settle_job(d.job_id)
+                return
+            delay = backoff_delay(attempt, self.cfg.delivery.backoff_base_s,
+                                  self.cfg.delivery.backoff_max_s)
+            self.store.update_delivery(delivery_id, state=DeliveryState.PENDING, attempts=attempt,
+                                       last_status=str(exc), next_attempt_at=self.clock() + delay)
+            log.info("job %d: delivery to %s attempt %d failed (%s); retry in %.1f s",
+                     d.job_id, d.destination, attempt, exc, delay)
+            self.dispatch.deliver(delivery_id, delay=delay)
+            return
+        except (PermanentError, OSError) as exc:
+            self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
+                                       last_status=str(exc))
+            log.warning("job %d: delivery to %s rejected: %s", d.job_id, d.destination, exc)
+            self._settle_job(d.job_id)
+            return
+        self.store.update_delivery(delivery_id, state=DeliveryState.DELIVERED, attempts=attempt,
+                                   last_status="0x0000", delivered_at=self.clock())
+        log.info("job %d: RTSTRUCT delivered to %s", d.job_id, d.destination)
+        self._settle_job(d.job_id)
+
+    def _settle_job(self, job_id: int) -> None:
+        deliveries = self.store.deliveries_for(job_id)
+        states = {d.state for d in deliveries}
+        if states & {DeliveryState.PENDING.value, DeliveryState.SENDING.value}:
+            return
+        if states == {DeliveryState.DELIVERED.value}:
+            self.store.update_job(job_id, state=JobState.DONE, reason="", stage="delivered")
+        else:
+            failed = [f"{d.destination}: {d.last_status}" for d in deliveries
+                      if d.state == DeliveryState.FAILED.value]
+            self.store.update_job(job_id, state=JobState.FAILED,
+                                  reason="delivery failed: " + "; ".join(failed), stage="failed")
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def resend(self, job_id: int) -> str:
+        """Retry a failed job: its parked deliveries, or the whole job if it made no RTSTRUCT."""
+        job = self.store.job(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job.rtstruct_path and Path(job.rtstruct_path).is_file():
+            ids = [d.id for d in self.store.deliveries_for(job_id)
+                   if d.state != DeliveryState.DELIVERED.value]
+            if not ids:
+                ids = [d.id for d in self.store.deliveries_for(job_id)]
+            for i in ids:
+                self.store.update_delivery(i, state=DeliveryState.PENDING, attempts=0,
+                                           next_attempt_at=0.0)
+            self.store.update_job(job_id, state=JobState.DELIVERING, reason="resend requested")
+            for i in ids:
+                self.dispatch.deliver(i)
+            return f"job {job_id}: {len(ids)} delivery(ies) queued again"
+        if not job.input_series:
+            raise PermanentError(f"job {job_id} never had complete inputs; send the study again")
+        self.store.update_job(job_id, state=JobState.QUEUED, reason="resend requested")
+        self.dispatch.run_job(job_id)
+        return f"job {job_id}: queued to run again"
+
+    def recover(self) -> None:
+        """Re-dispatch unfinished work after a (re)start; the database is the truth."""
+        now = self.clock()
+        for job in self.store.list_jobs(limit=100000):
+            if job.state == JobState.RUNNING.value:
+                self.store.update_job(job.id, state=JobState.QUEUED, reason="restarted")
+                job.state = JobState.QUEUED.value
+            if job.state == JobState.QUEUED.value:
+                self.dispatch.run_job(job.id)
+            elif job.state == JobState.DELIVERING.value:
+                for d in self.store.deliveries_for(job.id):
+                    if d.state == DeliveryState.SENDING.value:
+                        self.store.update_delivery(d.id, state=DeliveryState.PENDING)
+                    if d.state in (DeliveryState.PENDING.value, DeliveryState.SENDING.value):
+                        self.dispatch.deliver(d.id, delay=max(0.0, d.next_attempt_at - now))
+                self._settle_job(job.id)
+        for study_uid in self.store.studies_with_open_work():
+            self.dispatch.check_study(study_uid)
+
+
+def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
+    """Jobs as plain dicts for the CLI (state, reason, per-stage timings, deliveries)."""
+    out = []
+    for job in jobs:
+        study = store.study(job.study_uid)
+        out.append(
+            {
+                "job": job.id,
+                "study_uid": job.study_uid,
+                "rule": job.rule,
+                "model": job.model,
+                "state": job.state,
+                "reason": job.reason,
+                "rtstruct_uid": job.rtstruct_uid,
+                "timings_s": stage_timings(job, study),
+                "deliveries": [
+                    {"destination": d.destination, "state": d.state, "attempts": d.attempts,
+                     "last_status": d.last_status}
+                    for d in store.deliveries_for(job.id)
+                ],
+            }
+        )
+    return out

@@ -1,0 +1,119 @@
+"""Receive: one instance from the network -> the spool (durable) -> the database.
+
+Called by the Storage SCP (``gateway.dicom.scp``) for every C-STORE. It validates the UIDs,
+writes the bytes as received, records the instance, and returns. It never waits for inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from gateway.errors import InvalidInput
+from gateway.spool import Spool
+from gateway.store import InstanceRecord, Store
+from gateway.uids import is_valid_uid
+
+log = logging.getLogger(__name__)
+
+# Series-level attributes kept for routing and series selection (no patient data).
+SERIES_KEYWORDS = (
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "BodyPartExamined",
+    "ProtocolName",
+    "ImageType",
+    "SequenceName",
+    "ScanningSequence",
+    "EchoTime",
+    "RepetitionTime",
+    "SliceThickness",
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SOPClassUID",
+)
+GEOMETRY_KEYWORDS = (
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "InstanceNumber",
+    "NumberOfFrames",
+)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy of a pydicom value (DS -> float, IS -> int, UI -> str)."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    return str(value)
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    try:
+        elem = ds.get(keyword)
+    except Exception:  # a malformed element must not take the handler down
+        return None
+    if elem is None or elem == "":
+        return None
+    return _plain(elem)
+
+
+def describe_instance(ds: Dataset, path: str = "") -> InstanceRecord:
+    """Pick the UIDs, series attributes and geometry of a received dataset.
+
+    Raises InvalidInput when a required UID is missing or not a valid UID.
+    """
+    uids = {}
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _get(ds, kw)
+        if not is_valid_uid(value):
+            raise InvalidInput(f"{kw} is missing or not a valid UID")
+        uids[kw] = value
+    return InstanceRecord(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        path=path,
+        series_attributes={k: v for k in SERIES_KEYWORDS if (v := _get(ds, k)) is not None},
+        geometry={k: v for k in GEOMETRY_KEYWORDS if (v := _get(ds, k)) is not None},
+    )
+
+
+class Receiver:
+    """Turns received instances into spool files and database rows."""
+
+    def __init__(self, spool: Spool, store: Store, on_study: Callable[[str], None]):
+        self.spool = spool
+        self.store = store
+        self.on_study = on_study  # called with a Study UID when its instances may be complete
+
+    def accept(self, ds: Dataset, encoded: bytes, calling_ae: str, called_ae: str) -> str:
+        """Store one instance durably and record it; return its Study UID.
+
+        Raises InvalidInput (the data is unusable: answer a failure status) or OSError /
+        SQLAlchemyError (out of resources: answer 0xA700).
+        """
+        rec = describe_instance(ds)
+        path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
+        rec = InstanceRecord(**{**rec.__dict__, "path": str(path)})
+        self.store.record_instance(rec, calling_ae=calling_ae, called_ae=called_ae)
+        return rec.study_uid
+
+    def studies_complete(self, study_uids: set[str]) -> None:
+        """An association ended: its studies may be complete once quiet."""
+        for uid in sorted(study_uids):
+            self.on_study(uid)

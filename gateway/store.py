@@ -1,0 +1,467 @@
+"""The database: studies, series, instances, jobs and deliveries (SQLAlchemy 2).
+
+SQLite is the embedded default (WAL, synchronous FULL, busy timeout); the URL comes from config so
+PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never patient names or IDs.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from gateway.geometry import SliceGeometry
+
+
+class JobState(str, enum.Enum):
+    WAITING = "waiting"  # routed, waiting for its inputs to be complete
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = (JobState.DONE, JobState.FAILED)
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # parked: max attempts reached or permanently rejected
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    input_series: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rtstruct_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rtstruct_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    stages: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_status: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain records handed to the pure cores
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the Storage SCP records of one received instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+    series_attributes: dict[str, Any]
+    geometry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    series_uid: str
+    attributes: dict[str, Any]
+    first_received_at: float
+    last_received_at: float
+    slices: tuple[SliceGeometry, ...] = field(default=())
+    paths: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> spool path
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    study_uid: str
+    calling_ae: str
+    called_ae: str
+    first_received_at: float
+    last_received_at: float
+    series: tuple[SeriesInfo, ...]
+
+
+def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
+    def tup(key: str) -> tuple[float, ...] | None:
+        v = g.get(key)
+        return tuple(float(x) for x in v) if v is not None else None
+
+    return SliceGeometry(
+        sop_instance_uid=sop_uid,
+        frame_of_reference_uid=g.get("FrameOfReferenceUID"),
+        position=tup("ImagePositionPatient"),  # type: ignore[arg-type]
+        orientation=tup("ImageOrientationPatient"),
+        pixel_spacing=tup("PixelSpacing"),  # type: ignore[arg-type]
+        rows=g.get("Rows"),
+        columns=g.get("Columns"),
+    )
+
+
+class Store:
+    """All database access of the gateway."""
+
+    def __init__(self, url: str):
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session.begin() as s:
+            yield s
+
+    def _insert(self, table: Any) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    # -- reception -------------------------------------------------------------------------------
+
+    def record_instance(
+        self, rec: InstanceRecord, calling_ae: str, called_ae: str, now: float | None = None
+    ) -> None:
+        """Record (or re-record, on a resend) one received instance and touch its series/study."""
+        now = time.time() if now is None else now
+        with self.session() as s:
+            ins = self._insert(StudyRow).values(
+                study_uid=rec.study_uid,
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["study_uid"],
+                    set_={"last_received_at": now, "calling_ae": calling_ae, "called_ae": called_ae},
+                )
+            )
+            ins = self._insert(SeriesRow).values(
+                series_uid=rec.series_uid,
+                study_uid=rec.study_uid,
+                attributes=rec.series_attributes,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["series_uid"], set_={"last_received_at": now}
+                )
+            )
+            ins = self._insert(InstanceRow).values(
+                sop_instance_uid=rec.sop_instance_uid,
+                series_uid=rec.series_uid,
+                sop_class_uid=rec.sop_class_uid,
+                path=rec.path,
+                received_at=now,
+                geometry=rec.geometry,
+            )
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["sop_instance_uid"],
+                    set_={"received_at": now, "path": rec.path, "geometry": rec.geometry},
+                )
+            )
+
+    def study(self, study_uid: str) -> StudyInfo | None:
+        with self.session() as s:
+            st = s.get(StudyRow, study_uid)
+            if st is None:
+                return None
+            series_rows = s.scalars(select(SeriesRow).where(SeriesRow.study_uid == study_uid))
+            series = []
+            for se in series_rows:
+                inst = s.scalars(
+                    select(InstanceRow).where(InstanceRow.series_uid == se.series_uid)
+                ).all()
+                series.append(
+                    SeriesInfo(
+                        series_uid=se.series_uid,
+                        attributes=dict(se.attributes),
+                        first_received_at=se.first_received_at,
+                        last_received_at=se.last_received_at,
+                        slices=tuple(_slice(i.sop_instance_uid, i.geometry) for i in inst),
+                        paths={i.sop_instance_uid: i.path for i in inst},
+                    )
+                )
+            return StudyInfo(
+                study_uid=st.study_uid,
+                calling_ae=st.calling_ae,
+                called_ae=st.called_ae,
+                first_received_at=st.first_received_at,
+                last_received_at=st.last_received_at,
+                series=tuple(sorted(series, key=lambda x: x.first_received_at)),
+            )
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            out = []
+            for st in s.scalars(select(StudyRow).order_by(StudyRow.first_received_at)):
+                n_series = 0
+                n_inst = 0
+                for se in s.scalars(select(SeriesRow).where(SeriesRow.study_uid == st.study_uid)):
+                    n_series += 1
+                    n_inst += len(
+                        s.scalars(
+                            select(InstanceRow.sop_instance_uid).where(
+                                InstanceRow.series_uid == se.series_uid
+                            )
+                        ).all()
+                    )
+                out.append(
+                    {
+                        "study_uid": st.study_uid,
+                        "calling_ae": st.calling_ae,
+                        "series": n_series,
+                        "instances": n_inst,
+                        "first_received_at": st.first_received_at,
+                        "last_received_at": st.last_received_at,
+                    }
+                )
+            return out
+
+    def studies_with_open_work(self) -> list[str]:
+        """Studies that may still need a readiness check (used to recover after a restart)."""
+        with self.session() as s:
+            waiting = set(
+                s.scalars(select(JobRow.study_uid).where(JobRow.state == JobState.WAITING.value))
+            )
+            for st in s.scalars(select(StudyRow)):
+                last_job = s.scalars(
+                    select(JobRow)
+                    .where(JobRow.study_uid == st.study_uid)
+                    .order_by(JobRow.id.desc())
+                ).first()
+                if last_job is None or last_job.created_at < st.last_received_at:
+                    waiting.add(st.study_uid)
+            return sorted(waiting)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def jobs_for(self, study_uid: str, rule: str) -> list[JobRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobRow)
+                    .where(JobRow.study_uid == study_uid, JobRow.rule == rule)
+                    .order_by(JobRow.id)
+                )
+            )
+
+    def create_job(self, study_uid: str, rule: str, model: str, now: float) -> JobRow:
+        with self.session() as s:
+            job = JobRow(
+                study_uid=study_uid,
+                rule=rule,
+                model=model,
+                state=JobState.WAITING.value,
+                reason="waiting for inputs",
+                input_series=[],
+                created_at=now,
+                stages={"created": now},
+                results={},
+            )
+            s.add(job)
+            s.flush()
+            return job
+
+    def job(self, job_id: int) -> JobRow | None:
+        with self.session() as s:
+            return s.get(JobRow, job_id)
+
+    def list_jobs(self, limit: int = 100) -> list[JobRow]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow).order_by(JobRow.id.desc()).limit(limit)))
+
+    def update_job(
+        self,
+        job_id: int,
+        *,
+        state: JobState | None = None,
+        reason: str | None = None,
+        stage: str | None = None,
+        now: float | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Update a job; ``stage`` records ``now`` as that stage's timestamp."""
+        now = time.time() if now is None else now
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if state is not None:
+                job.state = state.value
+            if reason is not None:
+                job.reason = reason
+            if stage is not None:
+                job.stages = {**job.stages, stage: now}
+            for k, v in fields.items():
+                setattr(job, k, v)
+            s.flush()
+            return job
+
+    def claim_job(self, job_id: int, from_state: JobState, to_state: JobState) -> bool:
+        """Atomically move a job between states; False if it was not in ``from_state``."""
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == from_state.value)
+                .values(state=to_state.value)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- deliveries ------------------------------------------------------------------------------
+
+    def create_deliveries(self, job_id: int, destinations: Sequence[str]) -> list[int]:
+        with self.session() as s:
+            existing = {
+                d.destination: d.id
+                for d in s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id))
+            }
+            ids = []
+            for dest in destinations:
+                if dest in existing:
+                    ids.append(existing[dest])
+                    continue
+                row = DeliveryRow(
+                    job_id=job_id,
+                    destination=dest,
+                    state=DeliveryState.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=0.0,
+                    last_status="",
+                )
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+            return ids
+
+    def claim_delivery(self, delivery_id: int, now: float) -> bool:
+        """Atomically take a due, pending delivery for sending; False if not due or not pending."""
+        with self.session() as s:
+            res = s.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.id == delivery_id,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                    DeliveryRow.next_attempt_at <= now + 1.0,
+                )
+                .values(state=DeliveryState.SENDING.value)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        with self.session() as s:
+            return s.get(DeliveryRow, delivery_id)
+
+    def deliveries_for(self, job_id: int) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow).where(DeliveryRow.job_id == job_id).order_by(DeliveryRow.id)
+                )
+            )
+
+    def pending_deliveries(self) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow)
+                    .where(DeliveryRow.state == DeliveryState.PENDING.value)
+                    .order_by(DeliveryRow.id)
+                )
+            )
+
+    def update_delivery(self, delivery_id: int, **fields: Any) -> DeliveryRow:
+        with self.session() as s:
+            row = s.get(DeliveryRow, delivery_id)
+            if row is None:
+                raise KeyError(delivery_id)
+            for k, v in fields.items():
+                setattr(row, k, v.value if isinstance(v, enum.Enum) else v)
+            s.flush()
+            return row
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install AIRCON on a fresh Debian/Ubuntu machine: system packages, then a virtual environment
+# in .venv with a CPU build of PyTorch.
+#   scripts/install.sh          the gateway and its models (demo included)
+#   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools)
+# On a GPU machine set TORCH_SPEC="torch torchvision" (CUDA build from PyPI) instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+pkgs="python3-venv libgl1 libglib2.0-0"
+[ $dev = 1 ] && pkgs="$pkgs dcmtk orthanc dicom3tools iproute2 util-linux"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+# Orthanc's Debian package starts a system service on install; the tests run their own.
+if [ $dev = 1 ] && command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop orthanc 2>/dev/null || true; fi
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch, torchvision and nnunetv2 in ONE command: installed separately, pip swaps in a CUDA torch.
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
+extra=""
+[ $dev = 1 ] && extra="[dev]"
+.venv/bin/python -m pip install -q $TORCH_SPEC -e ".$extra"
+.venv/bin/python -c "import gateway, nnunetv2, torch; print('installed: torch', torch.__version__)"

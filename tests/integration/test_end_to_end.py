@@ -1,0 +1,174 @@
+"""The gateway end to end with real peers: dcmtk in, a real Orthanc as the planning system."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from gateway.config import load_model
+from gateway.contours import dice, rasterize_rtstruct
+from gateway.dicom.node import ReceivingNode
+from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = REPO / "models" / "pelvis-demo"
+
+
+def _ds_values(ds: Dataset) -> list[str]:
+    """Every DS value in the dataset, recursively, as the strings that are written."""
+    out: list[str] = []
+    for elem in ds.iterall():
+        if elem.VR == "DS" and elem.value is not None:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            for v in values:
+                s = getattr(v, "original_string", None) or str(v)
+                out.append(s)
+    return out
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_echo_success_and_unknown_calling_ae_rejected(make_gateway) -> None:
+    gw = make_gateway(destination_port=free_port())
+    gw.start()
+    ok = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1",
+                         str(gw.port)], capture_output=True, text=True, env=dcmtk_env())
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "AIRCON", "127.0.0.1",
+                          str(gw.port)], capture_output=True, text=True, env=dcmtk_env())
+    assert bad.returncode != 0
+    assert "Rejected" in bad.stderr or "rejected" in bad.stderr.lower()
+    assert "Calling AE Title Not Recognized" in bad.stderr or "Calling AE" in bad.stderr
+
+
+def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) -> None:
+    """The whole real study in with storescu; one RTSTRUCT on the T2 axial arrives in Orthanc."""
+    gw = make_gateway(destination_port=orthanc.dicom_port)
+    gw.start()
+    r = gw.storescu(prostatex)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = gw.wait_jobs(1)
+    assert jobs[0]["state"] == "done", jobs[0]
+    assert len(list((gw.work / "spool").rglob("*.dcm"))) == 164
+    assert sum(s["instances"] for s in gw.store().list_studies()) == 164
+
+    rt_ids = wait_for(lambda: orthanc.instances_of_modality("RTSTRUCT"), 30, what="RTSTRUCT")
+    assert len(rt_ids) == 1
+    path = orthanc.download(rt_ids[0], tmp_path / "rt.dcm")
+    rt = dcmread(path)
+    t2 = [dcmread(f, stop_before_pixels=True) for f in sorted(PROSTATEX_T2.glob("*.dcm"))]
+    t2_uids = {str(d.SOPInstanceUID) for d in t2}
+    assert len(t2_uids) == 19
+
+    refd = {str(ci.ReferencedSOPInstanceUID)
+            for fr in rt.ReferencedFrameOfReferenceSequence
+            for st in fr.RTReferencedStudySequence
+            for se in st.RTReferencedSeriesSequence
+            for ci in se.ContourImageSequence}
+    assert refd == t2_uids
+    assert rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == t2[0].FrameOfReferenceUID
+    assert rt.FrameOfReferenceUID == t2[0].FrameOfReferenceUID
+
+    spec = load_model(MODEL)
+    expected = {roi.name: list(roi.color) for roi in spec.labels.values()}
+    names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
+    colours = {names[int(c.ReferencedROINumber)]: [int(x) for x in c.ROIDisplayColor]
+               for c in rt.ROIContourSequence}
+    assert set(names.values()) <= set(expected), names
+    for name, colour in colours.items():
+        assert colour == expected[name]
+
+    # Every contour point lies inside the image volume (half a pixel of tolerance).
+    ref = sitk.ReadImage([str(p) for p in sorted(PROSTATEX_T2.glob("*.dcm"))])
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(PROSTATEX_T2))
+    ref = sitk.ReadImage(files)
+    size = np.array(ref.GetSize())
+    for roi in rt.ROIContourSequence:
+        for c in getattr(roi, "ContourSequence", []):
+            pts = np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+            for p in pts[:: max(1, len(pts) // 20)]:
+                idx = np.array(ref.TransformPhysicalPointToContinuousIndex(tuple(p)))
+                assert np.all(idx >= -0.51) and np.all(idx <= size - 1 + 0.51), (p, idx)
+
+    assert all(len(v) <= 16 for v in _ds_values(rt))
+    assert rt.ApprovalStatus == "UNAPPROVED"
+    assert _dciodvfy_errors(path) == []
+
+
+def test_phantom_dice_and_resend_keeps_one_uid(make_gateway, orthanc, tmp_path) -> None:
+    """A phantom with known truth: Dice >= 0.90 per ROI; sent twice, still one RTSTRUCT UID."""
+    from gateway.phantom import make_phantom, write_dicom_series
+
+    phantom = make_phantom(4242)
+    series = write_dicom_series(phantom, tmp_path / "study", seed=4242)
+    gw = make_gateway(destination_port=orthanc.dicom_port)
+    gw.start()
+    assert gw.storescu(tmp_path / "study").returncode == 0
+    first = gw.wait_jobs(1)
+    assert first[0]["state"] == "done", first[0]
+    rt_ids = wait_for(lambda: orthanc.instances_of_modality("RTSTRUCT"), 30, what="RTSTRUCT")
+    rt = dcmread(orthanc.download(rt_ids[0], tmp_path / "rt.dcm"))
+    masks = rasterize_rtstruct(rt, [dcmread(f, stop_before_pixels=True) for f in series.files])
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    spec = load_model(MODEL)
+    for label, roi in spec.labels.items():
+        assert dice(masks[roi.name], truth == label) >= 0.90, roi.name
+
+    assert gw.storescu(tmp_path / "study").returncode == 0
+    jobs = gw.wait_jobs(2)
+    assert [j["state"] for j in jobs] == ["done", "done"]
+    assert jobs[0]["rtstruct_uid"] == jobs[1]["rtstruct_uid"]
+    assert len(orthanc.instances_of_modality("RTSTRUCT")) == 1
+
+
+def test_destination_down_at_first_receives_after_retry(make_gateway, tmp_path) -> None:
+    from gateway.phantom import make_phantom, write_dicom_series
+
+    dest_port = free_port()
+    series = write_dicom_series(make_phantom(77), tmp_path / "study", seed=77)
+    gw = make_gateway(destination_port=dest_port,
+                      delivery={"max_attempts": 10, "backoff_base_s": 1, "backoff_max_s": 4})
+    gw.start()
+    assert gw.storescu(tmp_path / "study").returncode == 0
+    wait_for(lambda: any(d["attempts"] >= 2 for j in gw.jobs() for d in j["deliveries"]), 180,
+             what="two failed delivery attempts")
+    node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=dest_port)
+    node.start()
+    try:
+        jobs = gw.wait_jobs(1)
+        assert jobs[0]["state"] == "done", jobs[0]
+        assert jobs[0]["deliveries"][0]["attempts"] >= 3
+        files = node.files()
+        assert len(files) == 1
+        assert dcmread(files[0]).Modality == "RTSTRUCT"
+        assert str(dcmread(files[0]).ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID) \
+            == series.frame_of_reference_uid
+    finally:
+        node.stop()
+
+
+def test_demo_json(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "gateway", "-c", str(REPO / "config.yaml"), "demo",
+                        "--json", "--out", str(tmp_path / "demo")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True
+    assert Path(summary["rtstruct"]).is_file()
+    assert {roi["name"] for roi in summary["rois"]} == {"Prostate", "Bladder", "Rectum"}
+    assert all(roi["dice"] >= 0.9 and roi["volume_cc"] > 0 for roi in summary["rois"])
+    assert {"segment", "rtstruct", "send"} <= set(summary["timings_s"])
+    assert Path(summary["png"]).stat().st_size > 10_000
