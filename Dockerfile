@@ -1,0 +1,25 @@
+# AIRCON gateway image. GPU hosts: build with the default CUDA torch from PyPI.
+#   docker build -t aircon .                                   (CUDA build of torch)
+#   docker build --build-arg TORCH_SPEC="torch==2.13.0 torchvision==0.28.0" -t aircon:cpu .
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_SPEC="torch torchvision"
+# rt-utils needs OpenCV, which needs libGL and glib.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 dcmtk \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/aircon
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+# torch, torchvision and nnunetv2 in one pip command, so pip resolves one torch build.
+RUN pip install --no-cache-dir ${TORCH_SPEC} . && useradd --system --uid 1000 aircon
+
+COPY models ./models
+COPY config.yaml ./config.yaml
+RUN mkdir -p /opt/aircon/var && chown aircon /opt/aircon/var
+USER aircon
+EXPOSE 11112
+HEALTHCHECK --interval=60s --timeout=15s CMD echoscu -aet ECHOSCU -aec AIRCON 127.0.0.1 11112 || exit 1
+ENTRYPOINT ["aircon", "-c", "/opt/aircon/config.yaml"]
+CMD ["serve"]

@@ -1,0 +1,89 @@
+"""Benchmark: the gateway's own overhead on the phantom study, end to end.
+
+Starts ``aircon serve`` (a subprocess, embedded config, loopback) with a receiving node as the
+planning system, sends a phantom study over C-STORE, and prints
+
+    overhead = (last instance acknowledged -> RTSTRUCT accepted) - series_quiet_s - model time
+
+where model time is the job's segment stage (nnU-Net prediction). Run: ``python bench/e2e.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gateway.config import DestinationConfig, load_config  # noqa: E402
+from gateway.demo import demo_config, free_port  # noqa: E402
+from gateway.dicom.node import ReceivingNode  # noqa: E402
+from gateway.dicom.scu import echo, store  # noqa: E402
+from gateway.phantom import make_phantom, write_dicom_series  # noqa: E402
+from gateway.store import Store  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quiet-s", type=float, default=2.0, help="series_quiet_s for the run")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="aircon-bench-"))
+    node = ReceivingNode(work / "planning", port=free_port())
+    node.start()
+    port = free_port()
+    cfg_path = demo_config(REPO / "config.yaml", work, port, node.port)
+    text = cfg_path.read_text().replace("series_quiet_s: 10", f"series_quiet_s: {args.quiet_s}")
+    cfg_path.write_text(text)
+    cfg = load_config(cfg_path)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
+                            stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT)
+    gw = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 120
+        while not echo(gw, "AIRCON", timeout=2).ok:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("gateway did not start; see " + str(work / "gateway.log"))
+            time.sleep(0.3)
+        db = Store(cfg.database.url)
+        # Warm-up round: the model loads once per process.
+        results = []
+        for r in range(args.rounds + 1):
+            for f in node.files():
+                f.unlink()
+            series = write_dicom_series(make_phantom(5000 + r), work / f"study{r}", seed=5000 + r)
+            store(gw, "AIRCON", list(series.files))
+            t_ack = time.time()
+            while not node.files():
+                time.sleep(0.01)
+            t_rt = time.time()
+            while True:
+                job = db.list_jobs(limit=1)[0]
+                if job.state in ("done", "failed"):
+                    break
+                time.sleep(0.05)
+            model_s = job.stages["segment"] - job.stages["volume"]
+            total = t_rt - t_ack
+            overhead = total - cfg.assembly.series_quiet_s - model_s
+            label = "warm-up" if r == 0 else f"round {r}"
+            print(f"{label}: ack->RTSTRUCT {total:.2f} s, quiet {cfg.assembly.series_quiet_s:.1f} s, "
+                  f"model {model_s:.2f} s, overhead {overhead:.2f} s")
+            if r:
+                results.append(overhead)
+        print(f"median overhead over {len(results)} warm rounds: "
+              f"{sorted(results)[len(results) // 2]:.2f} s")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
