@@ -123,15 +123,18 @@ class StorageSCP:
     # -- handlers --------------------------------------------------------------------------------
 
     def _on_requested(self, event: Any) -> None:
-        req = event.assoc.requestor
-        ae_title = req.ae_title if isinstance(req.ae_title, str) else req.ae_title.decode()
-        if not peer_allowed(self.peers, ae_title, req.address):
+        assoc = event.assoc
+        ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
+        if not peer_allowed(self.peers, ae_title, assoc.requestor.address):
             log.warning(
-                "association from %r at %s rejected: not an allowed peer", ae_title, req.address
+                "association from %r at %s rejected: not an allowed peer",
+                ae_title,
+                assoc.requestor.address,
             )
-            event.assoc.acse.send_reject(
-                _REJECT_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED
-            )
+            # As pynetdicom does for require_calling_aet: reject, then let the DUL flush and stop.
+            assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS

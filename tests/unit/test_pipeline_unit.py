@@ -1,0 +1,320 @@
+"""The pipeline's sequencing with a fake clock, a recording dispatcher and a faked C-STORE."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.dicom import scu
+from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
+from gateway.pipeline import Pipeline, backoff_delay, stage_timings
+from gateway.store import DeliveryState, InstanceRecord, JobRow, JobState, Store, StudyInfo
+
+STUDY = "1.2.840.99.1"
+SERIES = "1.2.840.99.1.2"
+T0 = 10_000.0
+
+
+# -- backoff -------------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_within_jitter_and_is_capped() -> None:
+    rng = random.Random(1)
+    for attempt, nominal in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 80), (8, 640)]:
+        delays = [backoff_delay(attempt, 5.0, 900.0, rng) for _ in range(200)]
+        assert min(delays) >= 0.8 * nominal and max(delays) <= 1.2 * nominal
+        assert max(delays) - min(delays) > 0.2 * nominal  # the jitter is really there
+    capped = [backoff_delay(20, 5.0, 900.0, rng) for _ in range(200)]
+    assert 0.8 * 900 <= min(capped) and max(capped) <= 1.2 * 900
+    assert backoff_delay(0, 5.0, 900.0, random.Random(1)) == backoff_delay(
+        1, 5.0, 900.0, random.Random(1)
+    )
+
+
+def test_stage_timings_from_recorded_timestamps() -> None:
+    job = JobRow(stages={"created": 5.0, "ready": 20.0, "started": 21.0, "volume": 23.0,
+                         "segment": 33.0, "rtstruct": 34.0, "delivered": 36.5})
+    study = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 12.0, ())
+    assert stage_timings(job, study) == {
+        "receive": 12.0, "assemble": 8.0, "queue": 1.0, "volume": 2.0, "segment": 10.0,
+        "rtstruct": 1.0, "send": 2.5, "total": 24.5,
+    }
+    # A study resent after the job was ready: 'received_last' stops at 'ready'.
+    late = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 500.0, ())
+    assert stage_timings(job, late)["receive"] == 20.0
+    assert stage_timings(JobRow(stages={"created": 1.0}), None) == {}
+
+
+# -- fakes ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingDispatcher:
+    checks: list[tuple[str, float]] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)
+    deliveries: list[tuple[int, float]] = field(default_factory=list)
+
+    def check_study(self, study_uid: str, delay: float = 0.0) -> None:
+        self.checks.append((study_uid, delay))
+
+    def run_job(self, job_id: int) -> None:
+        self.runs.append(job_id)
+
+    def deliver(self, delivery_id: int, delay: float = 0.0) -> None:
+        self.deliveries.append((delivery_id, delay))
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
+    model = {
+        "name": "pelvis", "kind": "nnunet", "version": "1", "nnunet": {"folder": "nnunet"},
+        "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
+        "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
+    }
+    return GatewayConfig.model_validate({
+        "destinations": {"planning": {"ae_title": "TPS", "host": "127.0.0.1", "port": 104}},
+        "paths": {"spool": tmp_path / "spool", "output": tmp_path / "out"},
+        "assembly": {"series_quiet_s": 10, "study_timeout_s": 300},
+        "delivery": {"max_attempts": max_attempts, "backoff_base_s": 5, "backoff_max_s": 60},
+        "rules": [{"name": "mr", "match": {"series": {"keywords": {"Modality": "^MR$"}}},
+                   "model": "pelvis", "destinations": ["planning"]}],
+        "models": {"pelvis": model},
+    })
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'aircon.db'}")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, store: Store, dispatcher: RecordingDispatcher, clock: Clock):
+    return Pipeline(make_config(tmp_path), store, dispatcher, segmenters=object(), clock=clock)
+
+
+def receive(store: Store, heights: list[float], at: float, modality: str = "MR") -> None:
+    for k, z in enumerate(heights):
+        store.record_instance(
+            InstanceRecord(
+                study_uid=STUDY, series_uid=SERIES, sop_instance_uid=f"{SERIES}.{k + 1}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.4", path=f"/spool/{k}.dcm",
+                series_attributes={"Modality": modality, "SeriesNumber": 3},
+                geometry={"FrameOfReferenceUID": "1.2.840.99.5",
+                          "ImagePositionPatient": [0.0, 0.0, z],
+                          "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                          "PixelSpacing": [0.5, 0.5], "Rows": 64, "Columns": 64},
+            ),
+            calling_ae="SCANNER", called_ae="AIRCON", now=at,
+        )
+
+
+# -- assemble ------------------------------------------------------------------------------------
+
+
+def test_study_waits_then_queues_exactly_one_job_when_quiet(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+) -> None:
+    receive(store, [0.0, 3.0, 6.0, 9.0], at=T0)
+    clock.t = T0 + 4
+    pipeline.check_study(STUDY)
+    [job] = store.jobs_for(STUDY, "mr")
+    assert job.state == JobState.WAITING.value
+    assert job.reason == "input 0 'T2': series still receiving"
+    assert dispatcher.runs == []
+    assert dispatcher.checks == [(STUDY, pytest.approx(6.0))]
+
+    clock.t = T0 + 10
+    pipeline.check_study(STUDY)
+    pipeline.check_study(STUDY)  # a duplicate check (the SCP asks at every association end)
+    clock.t = T0 + 30
+    pipeline.check_study(STUDY)
+    [job] = store.jobs_for(STUDY, "mr")
+    assert job.state == JobState.QUEUED.value
+    assert job.input_series == [SERIES]
+    assert job.stages["ready"] == T0 + 10
+    assert dispatcher.runs == [job.id]
+
+
+def test_study_without_matching_rule_opens_no_job(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+) -> None:
+    receive(store, [0.0, 3.0], at=T0, modality="CT")
+    clock.t = T0 + 100
+    pipeline.check_study(STUDY)
+    pipeline.check_study("1.2.3.4.5")  # unknown study
+    assert store.jobs_for(STUDY, "mr") == []
+    assert dispatcher == RecordingDispatcher()
+
+
+def test_study_that_never_completes_fails_after_the_timeout(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+) -> None:
+    receive(store, [0.0, 3.0, 9.0, 12.0], at=T0)  # slice at 6 mm missing
+    clock.t = T0 + 20
+    pipeline.check_study(STUDY)
+    [job] = store.jobs_for(STUDY, "mr")
+    assert job.state == JobState.WAITING.value
+    assert "gap in slice positions" in job.reason
+    assert dispatcher.checks == [(STUDY, pytest.approx(300.0))]  # the deadline
+
+    clock.t = T0 + 20 + 300
+    pipeline.check_study(STUDY)
+    [job] = store.jobs_for(STUDY, "mr")
+    assert job.state == JobState.FAILED.value
+    assert job.reason.startswith("not ready after 300 s: input 0 'T2': series 3 is not one volume")
+    assert "gap in slice positions: 6.00 mm step" in job.reason
+    assert dispatcher.runs == []
+
+
+def test_new_instances_after_a_failed_job_open_a_new_job(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+) -> None:
+    receive(store, [0.0, 3.0, 9.0], at=T0)
+    clock.t = T0 + 20
+    pipeline.check_study(STUDY)  # opens the job: its timeout runs from here
+    clock.t = T0 + 400
+    pipeline.check_study(STUDY)
+    assert [j.state for j in store.jobs_for(STUDY, "mr")] == ["failed"]
+    receive(store, [0.0, 3.0, 6.0, 9.0], at=T0 + 500)  # the scanner sends it again, complete
+    clock.t = T0 + 511
+    pipeline.check_study(STUDY)
+    jobs = store.jobs_for(STUDY, "mr")
+    assert [j.state for j in jobs] == ["failed", "queued"]
+    assert dispatcher.runs == [jobs[1].id]
+
+
+# -- deliver -------------------------------------------------------------------------------------
+
+
+def delivering_job(store: Store, tmp_path: Path) -> tuple[int, int]:
+    rt = tmp_path / "rtstruct.dcm"
+    rt.write_bytes(b"DICM")
+    job = store.create_job(STUDY, "mr", "pelvis", T0)
+    store.update_job(job.id, state=JobState.DELIVERING, rtstruct_path=str(rt))
+    [delivery_id] = store.create_deliveries(job.id, ["planning"])
+    return job.id, delivery_id
+
+
+class FakeStore:
+    """Stands in for ``scu.store``: raises the queued errors in turn, then succeeds."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls: list[tuple[str, str, list[Path]]] = []
+
+    def __call__(self, dest, calling_ae, files, *, timeout=30.0, progress=None):  # noqa: ANN001
+        self.calls.append((dest.ae_title, calling_ae, list(files)))
+        if self.errors:
+            raise self.errors.pop(0)
+        return [0] * len(files)
+
+
+def test_retriable_failure_backs_off_then_parks_after_max_attempts(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id, did = delivering_job(store, tmp_path)
+    fake = FakeStore(PeerUnavailable("TPS@127.0.0.1:104: association failed"),
+                     PeerBusy("TPS answered 0xA700"), PeerUnavailable("refused"))
+    monkeypatch.setattr(scu, "store", fake)
+
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.attempts) == ("pending", 1)
+    assert d.last_status == "TPS@127.0.0.1:104: association failed"
+    [(_, delay1)] = dispatcher.deliveries
+    assert 4.0 <= delay1 <= 6.0
+    assert d.next_attempt_at == pytest.approx(T0 + delay1)
+    assert store.job(job_id).state == JobState.DELIVERING.value
+
+    pipeline.deliver(did)  # dispatched early (e.g. recover()): not due yet, nothing is sent
+    assert len(fake.calls) == 1
+
+    clock.t = d.next_attempt_at
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.attempts, d.last_status) == ("pending", 2, "TPS answered 0xA700")
+    delay2 = dispatcher.deliveries[-1][1]
+    assert 8.0 <= delay2 <= 12.0
+
+    clock.t = d.next_attempt_at
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert d.state == DeliveryState.FAILED.value
+    assert d.attempts == 3
+    assert d.last_status == "parked after 3 attempts: refused"
+    assert len(dispatcher.deliveries) == 2  # no further retry scheduled
+    job = store.job(job_id)
+    assert job.state == JobState.FAILED.value
+    assert job.reason == "delivery failed: planning: parked after 3 attempts: refused"
+    assert [c[:2] for c in fake.calls] == [("TPS", "AIRCON")] * 3
+    assert fake.calls[0][2] == [tmp_path / "rtstruct.dcm"]
+
+    # resend: the parked delivery is queued again and, this time, delivered.
+    msg = pipeline.resend(job_id)
+    assert msg == f"job {job_id}: 1 delivery(ies) queued again"
+    assert dispatcher.deliveries[-1] == (did, 0.0)
+    d = store.delivery(did)
+    assert (d.state, d.attempts) == ("pending", 0)
+    assert store.job(job_id).state == JobState.DELIVERING.value
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.attempts, d.last_status) == ("delivered", 1, "0x0000")
+    assert store.job(job_id).state == JobState.DONE.value
+
+
+def test_rejection_is_permanent_at_once(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id, did = delivering_job(store, tmp_path)
+    monkeypatch.setattr(scu, "store", FakeStore(DeliveryRejected("TPS answered 0xC000")))
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.attempts, d.last_status) == ("failed", 1, "TPS answered 0xC000")
+    assert dispatcher.deliveries == []
+    assert store.job(job_id).state == JobState.FAILED.value
+
+
+def test_unexpected_library_error_is_retried(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, did = delivering_job(store, tmp_path)
+    monkeypatch.setattr(scu, "store", FakeStore(RuntimeError("socket gone")))
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.last_status) == ("pending", "unexpected RuntimeError")
+    assert len(dispatcher.deliveries) == 1
+
+
+def test_resend_of_a_job_without_complete_inputs_is_refused(
+    pipeline: Pipeline, store: Store
+) -> None:
+    job = store.create_job(STUDY, "mr", "pelvis", T0)
+    store.update_job(job.id, state=JobState.FAILED, reason="not ready")
+    with pytest.raises(Exception, match="never had complete inputs"):
+        pipeline.resend(job.id)
+    with pytest.raises(KeyError):
+        pipeline.resend(9999)
