@@ -54,6 +54,7 @@ class Gateway:
         scp = StorageSCP(
             self.cfg.ae_title, self.cfg.listen.host, self.cfg.listen.port, self.cfg.peers, receiver
         )
+        receiver.recover_spool()
         pipeline.recover()
         scp.start()
         threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()

@@ -113,6 +113,28 @@ class Receiver:
         self.store.record_instance(rec, calling_ae=calling_ae, called_ae=called_ae)
         return rec.study_uid
 
+    def recover_spool(self) -> int:
+        """Record spool files that have no database row (rows lost to a power cut after the
+        instance was acknowledged); return how many. The spool is the durable record."""
+        from pydicom import dcmread
+
+        known = self.store.known_instances()
+        studies: set[str] = set()
+        for path in self.spool.root.glob("*/*/*.dcm"):
+            if path.stem in known:
+                continue
+            try:
+                rec = describe_instance(dcmread(path, stop_before_pixels=True), str(path))
+            except Exception as exc:  # keep the file; report, do not crash the start-up
+                log.error("spool file %s could not be re-recorded: %s", path.name, exc)
+                continue
+            self.store.record_instance(rec, calling_ae="", called_ae="")
+            studies.add(rec.study_uid)
+        if studies:
+            log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))
+            self.studies_complete(studies)
+        return len(studies)
+
     def studies_complete(self, study_uids: set[str]) -> None:
         """An association ended: its studies may be complete once quiet."""
         for uid in sorted(study_uids):

@@ -1,6 +1,6 @@
 """The database: studies, series, instances, jobs and deliveries (SQLAlchemy 2).
 
-SQLite is the embedded default (WAL, synchronous FULL, busy timeout); the URL comes from config so
+SQLite is the embedded default (WAL, synchronous NORMAL, busy timeout); the URL comes from config so
 PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never patient names or IDs.
 """
 
@@ -204,7 +204,8 @@ class Store:
             s.execute(
                 ins.on_conflict_do_update(
                     index_elements=["study_uid"],
-                    set_={"last_received_at": now, "calling_ae": calling_ae, "called_ae": called_ae},
+                    set_={"last_received_at": now}
+                    | ({"calling_ae": calling_ae, "called_ae": called_ae} if calling_ae else {}),
                 )
             )
             ins = self._insert(SeriesRow).values(
@@ -233,6 +234,10 @@ class Store:
                     set_={"received_at": now, "path": rec.path, "geometry": rec.geometry},
                 )
             )
+
+    def known_instances(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(InstanceRow.sop_instance_uid)))
 
     def study(self, study_uid: str) -> StudyInfo | None:
         with self.session() as s:
@@ -457,7 +462,9 @@ class Store:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
+    # NORMAL: a commit survives a process crash; on power loss the last rows may roll back, and
+    # Receiver.recover_spool() re-records them from the spool, which is fsynced per instance.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -143,7 +143,6 @@ class StorageSCP:
         assoc = event.assoc
         try:
             ds = event.dataset
-            ds.file_meta = event.file_meta
             encoded = event.encoded_dataset()
             calling = assoc.requestor.ae_title.strip()
             called = assoc.acceptor.ae_title.strip()
