@@ -24,7 +24,9 @@ class Gateway:
         if cfg.database.url.startswith("sqlite:///"):
             from pathlib import Path
 
-            Path(cfg.database.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.database.url.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
         self.store = Store(cfg.database.url)
         self.huey = make_huey(cfg)
         self.dispatcher = HueyDispatcher(self.huey)

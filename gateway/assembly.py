@@ -62,8 +62,10 @@ def decide(
         if not check.ok:
             number = series.attributes.get("SeriesNumber", "?")
             waits.append(
-                Waiting(f"{label}: series {number} is not one volume: {'; '.join(check.problems)}",
-                        deadline)
+                Waiting(
+                    f"{label}: series {number} is not one volume: {'; '.join(check.problems)}",
+                    deadline,
+                )
             )
             continue
         chosen.append(series)

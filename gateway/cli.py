@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.config import DestinationConfig, GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -64,8 +65,10 @@ def cmd_echo(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     res = echo(dest, args.calling_ae or cfg.ae_title, timeout=args.timeout)
     ms = (time.monotonic() - t0) * 1000
-    print(f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: "
-          f"{'success' if res.ok else 'FAILED'} ({res.detail}, {ms:.0f} ms)")
+    print(
+        f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: "
+        f"{'success' if res.ok else 'FAILED'} ({res.detail}, {ms:.0f} ms)"
+    )
     return 0 if res.ok else 1
 
 
@@ -76,17 +79,27 @@ def cmd_send(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
     dest = _peer(cfg, args.peer)
     root = Path(args.path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    from pydicom.misc import is_dicom
+
+    candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [p for p in candidates if is_dicom(p)]
     if not files:
-        raise GatewayError(f"no files under {root}")
+        raise GatewayError(f"no DICOM files under {root}")
+    if len(files) < len(candidates):
+        print(f"skipping {len(candidates) - len(files)} non-DICOM file(s)", file=sys.stderr)
     with tqdm(total=len(files), unit="inst", disable=args.quiet) as bar:
-        statuses = store(dest, args.calling_ae or cfg.ae_title, files, timeout=args.timeout,
-                         progress=lambda n: bar.update(1))
+        statuses = store(
+            dest,
+            args.calling_ae or cfg.ae_title,
+            files,
+            timeout=args.timeout,
+            progress=lambda n: bar.update(1),
+        )
     print(f"sent {len(statuses)} instance(s) to {dest.ae_title}@{dest.host}:{dest.port}")
     return 0
 
 
-def _store(cfg: GatewayConfig):  # type: ignore[no-untyped-def]
+def _store(cfg: GatewayConfig) -> Any:
     from gateway.store import Store
 
     return Store(cfg.database.url)
@@ -114,15 +127,19 @@ def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         t = " ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items())
-        print(f"job {r['job']:>4}  {r['state']:<10} rule={r['rule']} model={r['model']} "
-              f"study={r['study_uid']}")
+        print(
+            f"job {r['job']:>4}  {r['state']:<10} rule={r['rule']} model={r['model']} "
+            f"study={r['study_uid']}"
+        )
         if r["reason"]:
             print(f"          reason: {r['reason']}")
         if t:
             print(f"          timings: {t}")
         for d in r["deliveries"]:
-            print(f"          -> {d['destination']}: {d['state']} after {d['attempts']} "
-                  f"attempt(s) {d['last_status']}")
+            print(
+                f"          -> {d['destination']}: {d['state']} after {d['attempts']} "
+                f"attempt(s) {d['last_status']}"
+            )
     return 0
 
 
@@ -146,7 +163,9 @@ def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aircon", description="AIRCON DICOM auto-contouring gateway")
-    p.add_argument("-c", "--config", default="config.yaml", help="config file (default: %(default)s)")
+    p.add_argument(
+        "-c", "--config", default="config.yaml", help="config file (default: %(default)s)"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the Storage SCP and the workers")
@@ -168,8 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job", type=int)
     d = sub.add_parser("demo", help="phantom study in, RTSTRUCT out, on loopback")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    d.add_argument("--out", default=None,
-                   help="folder for the demo's files, emptied first (default: ./aircon-demo)")
+    d.add_argument(
+        "--out",
+        default=None,
+        help="folder for the demo's files, emptied first (default: ./aircon-demo)",
+    )
     return p
 
 

@@ -403,7 +403,7 @@ def parse_config(
 
 
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> GatewayConfig:
-    """Read ``config.yaml`` and every ``models/*/model.yaml``; raise ConfigError listing problems."""
+    """Read ``config.yaml`` and every ``models/*/model.yaml``; raise ConfigError on problems."""
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([(str(path), "top level must be a mapping")])

@@ -77,8 +77,12 @@ def _wait_echo(dest: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None
     raise GatewayError("the gateway did not answer C-ECHO in time")
 
 
-def _png(path: Path, image: np.ndarray, masks: dict[str, np.ndarray],
-         colors: dict[str, tuple[int, int, int]]) -> None:
+def _png(
+    path: Path,
+    image: np.ndarray,
+    masks: dict[str, np.ndarray],
+    colors: dict[str, tuple[int, int, int]],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,8 +98,12 @@ def _png(path: Path, image: np.ndarray, masks: dict[str, np.ndarray],
         ax.imshow(image[z], cmap="gray")
         for name, m in masks.items():
             if m[z].any():
-                ax.contour(m[z].astype(float), levels=[0.5], colors=[np.array(colors[name]) / 255],
-                           linewidths=1.2)
+                ax.contour(
+                    m[z].astype(float),
+                    levels=[0.5],
+                    colors=[np.array(colors[name]) / 255],
+                    linewidths=1.2,
+                )
         ax.set_title(f"slice {z + 1}", fontsize=9)
         ax.axis("off")
     fig.suptitle("AIRCON demo: AI contours (demonstration model, synthetic phantom)", fontsize=10)
@@ -104,8 +112,9 @@ def _png(path: Path, image: np.ndarray, masks: dict[str, np.ndarray],
     plt.close(fig)
 
 
-def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
-             timeout: float = 600.0) -> dict[str, Any]:
+def run_demo(
+    cfg_path: Path, out_dir: Path | None = None, as_json: bool = False, timeout: float = 600.0
+) -> dict[str, Any]:
     import SimpleITK as sitk
     from pydicom import dcmread
 
@@ -118,8 +127,10 @@ def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
     from gateway.store import Store
 
     if not cfg_path.is_file():
-        raise GatewayError(f"config file {cfg_path} not found (run from the repository root "
-                           "or pass -c path/to/config.yaml)")
+        raise GatewayError(
+            f"config file {cfg_path} not found (run from the repository root "
+            "or pass -c path/to/config.yaml)"
+        )
     work = Path(out_dir) if out_dir else Path.cwd() / "aircon-demo"
     if work.exists():
         shutil.rmtree(work)  # each demo run starts from an empty gateway
@@ -133,7 +144,9 @@ def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "-c", str(demo_cfg_path), "serve"],
-        stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     t_start = time.monotonic()
     try:
@@ -150,7 +163,9 @@ def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
             time.sleep(0.2)
         files = node.files()
         if not files:
-            raise GatewayError(f"no RTSTRUCT arrived within {timeout:.0f} s; see {work}/gateway.log")
+            raise GatewayError(
+                f"no RTSTRUCT arrived within {timeout:.0f} s; see {work}/gateway.log"
+            )
         time.sleep(0.5)  # let the gateway record the delivery
         rt = dcmread(files[0])
         refs = [dcmread(f, stop_before_pixels=True) for f in series.files]
@@ -162,15 +177,21 @@ def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
         rois = []
         for label, spec in sorted(model.labels.items()):
             m = masks.get(spec.name, np.zeros(truth.shape, bool))
-            rois.append({
-                "name": spec.name,
-                "volume_cc": round(float(m.sum()) * sx * sy * sz / 1000, 2),
-                "truth_cc": round(float((truth == label).sum()) * sx * sy * sz / 1000, 2),
-                "dice": round(dice(m, truth == label), 4),
-            })
+            rois.append(
+                {
+                    "name": spec.name,
+                    "volume_cc": round(float(m.sum()) * sx * sy * sz / 1000, 2),
+                    "truth_cc": round(float((truth == label).sum()) * sx * sy * sz / 1000, 2),
+                    "dice": round(dice(m, truth == label), 4),
+                }
+            )
         png = work / "contours.png"
-        _png(png, image, {r["name"]: masks.get(r["name"], np.zeros(truth.shape, bool))
-                          for r in rois}, {s.name: s.color for s in model.labels.values()})
+        _png(
+            png,
+            image,
+            {r["name"]: masks.get(r["name"], np.zeros(truth.shape, bool)) for r in rois},
+            {s.name: s.color for s in model.labels.values()},
+        )
         db = Store(cfg.database.url)
         deadline = time.monotonic() + 10
         while True:
@@ -181,8 +202,12 @@ def run_demo(cfg_path: Path, out_dir: Path | None = None, as_json: bool = False,
         job = jobs[0] if jobs else None
         timings = stage_timings(job, db.study(job.study_uid)) if job else {}
         timings["demo_wall"] = round(time.monotonic() - t_start, 2)
-        ok = bool(rois) and all(r["dice"] >= 0.9 for r in rois) and job is not None \
+        ok = (
+            bool(rois)
+            and all(r["dice"] >= 0.9 for r in rois)
+            and job is not None
             and job.state == "done"
+        )
         summary = {
             "ok": ok,
             "rtstruct": str(files[0]),

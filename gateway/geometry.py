@@ -44,7 +44,7 @@ class VolumeCheck:
         return not self.problems
 
 
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     row = np.asarray(orientation[:3], dtype=float)
     col = np.asarray(orientation[3:6], dtype=float)
     normal = np.cross(row, col)
@@ -61,8 +61,10 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
     missing = [s for s in slices if None in (s.position, s.orientation, s.pixel_spacing, s.rows)]
     if missing:
         return VolumeCheck(
-            (f"{len(missing)} instance(s) lack ImagePositionPatient, ImageOrientationPatient, "
-             "PixelSpacing or Rows/Columns",),
+            (
+                f"{len(missing)} instance(s) lack ImagePositionPatient, ImageOrientationPatient, "
+                "PixelSpacing or Rows/Columns",
+            ),
             (),
             None,
         )
@@ -76,7 +78,9 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
     first = slices[0]
     assert first.orientation is not None and first.pixel_spacing is not None
     iop0 = np.asarray(first.orientation, dtype=float)
-    if any(np.max(np.abs(np.asarray(s.orientation) - iop0)) > ORIENTATION_TOLERANCE for s in slices):
+    if any(
+        np.max(np.abs(np.asarray(s.orientation) - iop0)) > ORIENTATION_TOLERANCE for s in slices
+    ):
         problems.append("ImageOrientationPatient differs between slices")
     if len({(s.rows, s.columns) for s in slices}) != 1:
         problems.append("Rows/Columns differ between slices")

@@ -102,7 +102,9 @@ class Pipeline:
         if last is not None and last.state != JobState.WAITING.value:
             if last.state not in (JobState.DONE.value, JobState.FAILED.value):
                 # Busy with earlier input: look again once it is done.
-                self.dispatch.check_study(study_uid, delay=max(1.0, self.cfg.assembly.series_quiet_s))
+                self.dispatch.check_study(
+                    study_uid, delay=max(1.0, self.cfg.assembly.series_quiet_s)
+                )
                 return
             if last.created_at >= study.last_received_at:
                 return  # nothing new since that job
@@ -121,13 +123,17 @@ class Pipeline:
                 now=now,
                 input_series=[s.series_uid for s in decision.series],
             )
-            log.info("job %d study %s: inputs complete, queued for %s", job.id, study_uid, model.name)
+            log.info(
+                "job %d study %s: inputs complete, queued for %s", job.id, study_uid, model.name
+            )
             self.dispatch.run_job(job.id)
         elif isinstance(decision, assembly.Waiting):
             self.store.update_job(job.id, reason=decision.reason)
             self.dispatch.check_study(study_uid, delay=max(0.5, decision.recheck_at - now))
         else:
-            self.store.update_job(job.id, state=JobState.FAILED, reason=decision.reason, stage="failed")
+            self.store.update_job(
+                job.id, state=JobState.FAILED, reason=decision.reason, stage="failed"
+            )
             log.warning("job %d study %s failed: %s", job.id, study_uid, decision.reason)
 
     # -- segment + RTSTRUCT ----------------------------------------------------------------------
@@ -191,7 +197,11 @@ class Pipeline:
         rtstruct.write_dataset(ds, out)
         voxel_cc = sx * sy * sz / 1000.0
         rois = [
-            {"name": spec.name, "label": int(label), "volume_cc": round(float(np.sum(label_map == label)) * voxel_cc, 2)}
+            {
+                "name": spec.name,
+                "label": int(label),
+                "volume_cc": round(float(np.sum(label_map == label)) * voxel_cc, 2),
+            }
             for label, spec in sorted(model.labels.items())
         ]
         self.store.update_job(
@@ -199,14 +209,23 @@ class Pipeline:
             stage="rtstruct",
             rtstruct_uid=str(ds.SOPInstanceUID),
             rtstruct_path=str(out),
-            results={"rois": rois, "model": model.name, "model_version": model.version,
-                     "weights_sha256": model.weights_sha256},
+            results={
+                "rois": rois,
+                "model": model.name,
+                "model_version": model.version,
+                "weights_sha256": model.weights_sha256,
+            },
         )
         rule = next(r for r in self.cfg.rules if r.name == job.rule)
         ids = self.store.create_deliveries(job_id, rule.destinations)
         self.store.update_job(job_id, state=JobState.DELIVERING, reason="")
-        log.info("job %d study %s: RTSTRUCT %s built, delivering to %d destination(s)",
-                 job_id, job.study_uid, ds.SOPInstanceUID, len(ids))
+        log.info(
+            "job %d study %s: RTSTRUCT %s built, delivering to %d destination(s)",
+            job_id,
+            job.study_uid,
+            ds.SOPInstanceUID,
+            len(ids),
+        )
         for delivery_id in ids:
             self.dispatch.deliver(delivery_id)
 
@@ -224,14 +243,22 @@ class Pipeline:
         dest = self.cfg.destinations.get(d.destination)
         attempt = d.attempts + 1
         if dest is None:
-            self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
-                                       last_status=f"destination '{d.destination}' not configured")
+            self.store.update_delivery(
+                delivery_id,
+                state=DeliveryState.FAILED,
+                attempts=attempt,
+                last_status=f"destination '{d.destination}' not configured",
+            )
             self._settle_job(d.job_id)
             return
         try:
             try:
-                scu.store(dest, self.cfg.ae_title, [Path(job.rtstruct_path)],
-                          timeout=self.cfg.delivery.timeout_s)
+                scu.store(
+                    dest,
+                    self.cfg.ae_title,
+                    [Path(job.rtstruct_path)],
+                    timeout=self.cfg.delivery.timeout_s,
+                )
             except (GatewayError, OSError):
                 raise
             except Exception as exc:  # an unexpected network-library failure: try again later
@@ -239,27 +266,49 @@ class Pipeline:
                 raise PeerUnavailable(f"unexpected {type(exc).__name__}") from exc
         except RetriableError as exc:
             if attempt >= self.cfg.delivery.max_attempts:
-                self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
-                                           last_status=f"parked after {attempt} attempts: {exc}")
+                self.store.update_delivery(
+                    delivery_id,
+                    state=DeliveryState.FAILED,
+                    attempts=attempt,
+                    last_status=f"parked after {attempt} attempts: {exc}",
+                )
                 log.warning("job %d: delivery to %s parked: %s", d.job_id, d.destination, exc)
                 self._settle_job(d.job_id)
                 return
-            delay = backoff_delay(attempt, self.cfg.delivery.backoff_base_s,
-                                  self.cfg.delivery.backoff_max_s)
-            self.store.update_delivery(delivery_id, state=DeliveryState.PENDING, attempts=attempt,
-                                       last_status=str(exc), next_attempt_at=self.clock() + delay)
-            log.info("job %d: delivery to %s attempt %d failed (%s); retry in %.1f s",
-                     d.job_id, d.destination, attempt, exc, delay)
+            delay = backoff_delay(
+                attempt, self.cfg.delivery.backoff_base_s, self.cfg.delivery.backoff_max_s
+            )
+            self.store.update_delivery(
+                delivery_id,
+                state=DeliveryState.PENDING,
+                attempts=attempt,
+                last_status=str(exc),
+                next_attempt_at=self.clock() + delay,
+            )
+            log.info(
+                "job %d: delivery to %s attempt %d failed (%s); retry in %.1f s",
+                d.job_id,
+                d.destination,
+                attempt,
+                exc,
+                delay,
+            )
             self.dispatch.deliver(delivery_id, delay=delay)
             return
         except (PermanentError, OSError) as exc:
-            self.store.update_delivery(delivery_id, state=DeliveryState.FAILED, attempts=attempt,
-                                       last_status=str(exc))
+            self.store.update_delivery(
+                delivery_id, state=DeliveryState.FAILED, attempts=attempt, last_status=str(exc)
+            )
             log.warning("job %d: delivery to %s rejected: %s", d.job_id, d.destination, exc)
             self._settle_job(d.job_id)
             return
-        self.store.update_delivery(delivery_id, state=DeliveryState.DELIVERED, attempts=attempt,
-                                   last_status="0x0000", delivered_at=self.clock())
+        self.store.update_delivery(
+            delivery_id,
+            state=DeliveryState.DELIVERED,
+            attempts=attempt,
+            last_status="0x0000",
+            delivered_at=self.clock(),
+        )
         log.info("job %d: RTSTRUCT delivered to %s", d.job_id, d.destination)
         self._settle_job(d.job_id)
 
@@ -271,10 +320,17 @@ class Pipeline:
         if states == {DeliveryState.DELIVERED.value}:
             self.store.update_job(job_id, state=JobState.DONE, reason="", stage="delivered")
         else:
-            failed = [f"{d.destination}: {d.last_status}" for d in deliveries
-                      if d.state == DeliveryState.FAILED.value]
-            self.store.update_job(job_id, state=JobState.FAILED,
-                                  reason="delivery failed: " + "; ".join(failed), stage="failed")
+            failed = [
+                f"{d.destination}: {d.last_status}"
+                for d in deliveries
+                if d.state == DeliveryState.FAILED.value
+            ]
+            self.store.update_job(
+                job_id,
+                state=JobState.FAILED,
+                reason="delivery failed: " + "; ".join(failed),
+                stage="failed",
+            )
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -284,13 +340,17 @@ class Pipeline:
         if job is None:
             raise KeyError(job_id)
         if job.rtstruct_path and Path(job.rtstruct_path).is_file():
-            ids = [d.id for d in self.store.deliveries_for(job_id)
-                   if d.state != DeliveryState.DELIVERED.value]
+            ids = [
+                d.id
+                for d in self.store.deliveries_for(job_id)
+                if d.state != DeliveryState.DELIVERED.value
+            ]
             if not ids:
                 ids = [d.id for d in self.store.deliveries_for(job_id)]
             for i in ids:
-                self.store.update_delivery(i, state=DeliveryState.PENDING, attempts=0,
-                                           next_attempt_at=0.0)
+                self.store.update_delivery(
+                    i, state=DeliveryState.PENDING, attempts=0, next_attempt_at=0.0
+                )
             self.store.update_job(job_id, state=JobState.DELIVERING, reason="resend requested")
             for i in ids:
                 self.dispatch.deliver(i)
@@ -337,8 +397,12 @@ def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
                 "rtstruct_uid": job.rtstruct_uid,
                 "timings_s": stage_timings(job, study),
                 "deliveries": [
-                    {"destination": d.destination, "state": d.state, "attempts": d.attempts,
-                     "last_status": d.last_status}
+                    {
+                        "destination": d.destination,
+                        "state": d.state,
+                        "attempts": d.attempts,
+                        "last_status": d.last_status,
+                    }
                     for d in store.deliveries_for(job.id)
                 ],
             }

@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
 
 from gateway.dicom.scp import STORAGE_CLASSES, TRANSFER_SYNTAXES
-from gateway.dicom.status import CANNOT_UNDERSTAND, SUCCESS
+from gateway.dicom.status import CANNOT_UNDERSTAND, SUCCESS, VERIFICATION_SOP_CLASS
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
 
 class ReceivingNode:
-    def __init__(self, folder: Path, ae_title: str = "PLANNING", host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, folder: Path, ae_title: str = "PLANNING", host: str = "127.0.0.1", port: int = 0
+    ):
         self.folder = folder
         self.ae_title = ae_title
         self.host = host
@@ -33,7 +34,7 @@ class ReceivingNode:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self._server = ae.start_server(

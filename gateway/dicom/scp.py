@@ -13,27 +13,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.uid import (
+    JPEG2000,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MRImageStorage,
     RLELossless,
+    RTStructureSetStorage,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    EnhancedMRImageStorage,
-    MRImageStorage,
-    RTStructureSetStorage,
-    Verification,
-)
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import PeerConfig
@@ -95,13 +92,13 @@ class StorageSCP:
         ae.dimse_timeout = 60
         ae.network_timeout = 60
         ae.acse_timeout = 30
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(status.VERIFICATION_SOP_CLASS)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),

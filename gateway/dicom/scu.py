@@ -10,11 +10,10 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
 from gateway.config import DestinationConfig
-from gateway.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
+from gateway.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE, VERIFICATION_SOP_CLASS
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def _ae(calling_ae: str, timeout: float) -> AE:
 def echo(dest: DestinationConfig, calling_ae: str, timeout: float = 10.0) -> EchoResult:
     """C-ECHO ``dest``; never raises for network problems."""
     ae = _ae(calling_ae, timeout)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "no association (peer down?)"
@@ -76,13 +75,16 @@ def store(
     Raises PeerUnavailable when no association could be made or it broke, PeerBusy or
     DeliveryRejected on the first failure status (as classified by :func:`classify`).
     """
-    datasets = [f if isinstance(f, Dataset) else dcmread(f) for f in files]
+    # Headers only to negotiate contexts; each file is read again when it is sent.
+    headers = [f if isinstance(f, Dataset) else dcmread(f, stop_before_pixels=True) for f in files]
     ae = _ae(calling_ae, timeout)
-    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
+    contexts = sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in headers}
+    )
+    if len(contexts) > 128:
+        raise DeliveryRejected("more than 128 presentation contexts in one send")
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    if len(ae.requested_contexts) > 128:
-        raise DeliveryRejected("more than 128 presentation contexts in one send")
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         raise PeerUnavailable(
@@ -91,8 +93,8 @@ def store(
         )
     statuses = []
     try:
-        for n, ds in enumerate(datasets, 1):
-            rsp = assoc.send_c_store(ds)
+        for n, item in enumerate(files, 1):
+            rsp = assoc.send_c_store(item if isinstance(item, Dataset) else dcmread(item))
             code = getattr(rsp, "Status", None)
             if code is None:
                 raise PeerUnavailable(f"{dest.ae_title}: no C-STORE response (connection lost?)")
