@@ -79,6 +79,10 @@ class Gateway:
             log.info("gateway stopped")
 
     def _warm_models(self) -> None:
+        # Import the heavy stage modules now (rt-utils pulls OpenCV), not in the first job.
+        import gateway.imaging
+        import gateway.rtstruct  # noqa: F401
+
         names = {r.model for r in self.cfg.rules}
         for name in sorted(names):
             try:

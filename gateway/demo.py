@@ -65,13 +65,19 @@ def demo_config(cfg_path: Path, work: Path, gateway_port: int, node_port: int) -
 
 
 def _wait_echo(dest: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the gateway accepts TCP connections, then until it answers C-ECHO."""
     from gateway.dicom.scu import echo
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise GatewayError(f"the gateway exited early with status {proc.returncode}")
-        if echo(dest, DEMO_CALLING_AE, timeout=2).ok:
+        try:
+            socket.create_connection((dest.host, dest.port), timeout=1).close()
+        except OSError:
+            time.sleep(0.2)
+            continue
+        if echo(dest, DEMO_CALLING_AE, timeout=5).ok:
             return
         time.sleep(0.3)
     raise GatewayError("the gateway did not answer C-ECHO in time")
@@ -93,7 +99,7 @@ def _png(
     if zs.size == 0:
         zs = np.array([image.shape[0] // 2])
     picks = np.unique(np.linspace(zs[0], zs[-1], num=min(6, zs.size)).round().astype(int))
-    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.6), squeeze=False)
     for ax, z in zip(axes[0], picks, strict=True):
         ax.imshow(image[z], cmap="gray")
         for name, m in masks.items():
@@ -106,8 +112,12 @@ def _png(
                 )
         ax.set_title(f"slice {z + 1}", fontsize=9)
         ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=np.array(colors[n]) / 255, label=n) for n in masks]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle("AIRCON demo: AI contours (demonstration model, synthetic phantom)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -172,3 +172,27 @@ def test_demo_json(tmp_path) -> None:
     assert all(roi["dice"] >= 0.9 and roi["volume_cc"] > 0 for roi in summary["rois"])
     assert {"segment", "rtstruct", "send"} <= set(summary["timings_s"])
     assert Path(summary["png"]).stat().st_size > 10_000
+
+
+def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
+    """Instances acknowledged before a SIGKILL are processed after the restart, exactly once."""
+    from gateway.phantom import make_phantom, write_dicom_series
+
+    write_dicom_series(make_phantom(31), tmp_path / "study", seed=31)
+    node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=free_port())
+    node.start()
+    try:
+        gw = make_gateway(destination_port=node.port,
+                          assembly={"series_quiet_s": 5, "study_timeout_s": 300})
+        gw.start()
+        assert gw.storescu(tmp_path / "study").returncode == 0
+        assert gw.proc is not None
+        gw.proc.kill()  # before the series has been quiet long enough: no job yet
+        gw.proc.wait()
+        assert gw.jobs() == []
+        gw.start()
+        jobs = gw.wait_jobs(1)
+        assert [j["state"] for j in jobs] == ["done"]
+        assert len(node.files()) == 1
+    finally:
+        node.stop()
