@@ -114,7 +114,7 @@ def _png(
         ax.axis("off")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=np.array(colors[n]) / 255, label=n) for n in masks]
+    handles = [Line2D([], [], color=tuple(c / 255 for c in colors[n]), label=n) for n in masks]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle("AIRCON demo: AI contours (demonstration model, synthetic phantom)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -94,7 +94,7 @@ def store(
     statuses = []
     try:
         for n, item in enumerate(files, 1):
-            rsp = assoc.send_c_store(item if isinstance(item, Dataset) else dcmread(item))
+            rsp = assoc.send_c_store(item)  # a path is sent as encoded, without decoding
             code = getattr(rsp, "Status", None)
             if code is None:
                 raise PeerUnavailable(f"{dest.ae_title}: no C-STORE response (connection lost?)")
