@@ -114,7 +114,11 @@ def _png(
         ax.axis("off")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=tuple(c / 255 for c in colors[n]), label=n) for n in masks]
+    def rgb(n: str) -> tuple[float, float, float]:
+        r, g, b = colors[n]
+        return (r / 255, g / 255, b / 255)
+
+    handles = [Line2D([], [], color=rgb(n), label=n) for n in masks]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle("AIRCON demo: AI contours (demonstration model, synthetic phantom)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
