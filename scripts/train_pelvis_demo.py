@@ -84,7 +84,7 @@ MODEL_YAML: dict[str, Any] = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     p.add_argument("--train-cases", type=int, default=20)
     p.add_argument("--eval-cases", type=int, default=5, help="held-out phantoms to evaluate")

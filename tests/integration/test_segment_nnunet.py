@@ -113,6 +113,12 @@ def test_quick_training_produces_a_loadable_model(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "held-out mean Dice" in result.stdout
     spec = load_model(out)
+    # The same script made the committed model: same network, same labels, same inputs.
+    plans = json.loads((out / "nnunet" / "plans.json").read_text())
+    committed = json.loads((MODEL_DIR / "nnunet" / "plans.json").read_text())
+    assert plans["configurations"] == committed["configurations"]
+    assert spec.labels == load_model(MODEL_DIR).labels
+    assert spec.inputs == load_model(MODEL_DIR).inputs
     ckpt = out / "nnunet" / "fold_all" / "checkpoint_final.pth"
     assert ckpt.stat().st_size < 1_000_000
     ph = make_phantom(HELD_OUT_SEED)
