@@ -237,9 +237,13 @@ def _draw_anatomy(pts: FloatArray, prostate_c: FloatArray, rng: np.random.Genera
     )
     scales["lumen"] = float(lumen.mean())
 
-    # Body outline and muscles (obturator internus either side, levator/gluteal band behind).
+    # Body outline and muscles (obturator internus either side, a gluteal/sacral band behind).
+    # The band lies behind the rectum with a layer of mesorectal fat between them, as in a
+    # patient: where the two touched, the rectum's posterior edge would be invisible.
+    band_y = r_c[1] + r_radius[1] + rng.uniform(5, 9) + 9.0
     body_axes = np.array([rng.uniform(52, 58), rng.uniform(44, 50), 1e3])
     body_c = prostate_c + np.array([0.0, rng.uniform(2, 8), 0.0])
+    body_axes[1] = max(body_axes[1], band_y + 12.0 - body_c[1])
     fields["body"] = _blob(pts, body_c, body_axes, np.eye(3), rng, 0.0)
     scales["body"] = 50.0
     side = np.zeros(pts.shape[:3]) + 9.0
@@ -249,7 +253,12 @@ def _draw_anatomy(pts: FloatArray, prostate_c: FloatArray, rng: np.random.Genera
     fields["muscle"] = np.minimum(
         side,
         _blob(
-            pts, body_c + np.array([0, 36.0, 0]), np.array([40.0, 9.0, 1e3]), np.eye(3), rng, 0.0
+            pts,
+            np.array([body_c[0], band_y, body_c[2]]),
+            np.array([40.0, 9.0, 1e3]),
+            np.eye(3),
+            rng,
+            0.0,
         ),
     )
     scales["muscle"] = 10.0
