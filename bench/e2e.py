@@ -42,8 +42,11 @@ def main() -> int:
     text = cfg_path.read_text().replace("series_quiet_s: 10", f"series_quiet_s: {args.quiet_s}")
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
-                            stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
+        stdout=(work / "gateway.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     gw = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=port)
     try:
         deadline = time.monotonic() + 120
@@ -72,12 +75,16 @@ def main() -> int:
             total = t_rt - t_ack
             overhead = total - cfg.assembly.series_quiet_s - model_s
             label = "warm-up" if r == 0 else f"round {r}"
-            print(f"{label}: ack->RTSTRUCT {total:.2f} s, quiet {cfg.assembly.series_quiet_s:.1f} s, "
-                  f"model {model_s:.2f} s, overhead {overhead:.2f} s")
+            print(
+                f"{label}: ack->RTSTRUCT {total:.2f} s, quiet {cfg.assembly.series_quiet_s:.1f} s, "
+                f"model {model_s:.2f} s, overhead {overhead:.2f} s"
+            )
             if r:
                 results.append(overhead)
-        print(f"median overhead over {len(results)} warm rounds: "
-              f"{sorted(results)[len(results) // 2]:.2f} s")
+        print(
+            f"median overhead over {len(results)} warm rounds: "
+            f"{sorted(results)[len(results) // 2]:.2f} s"
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)

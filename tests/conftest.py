@@ -41,7 +41,9 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -84,8 +86,9 @@ class Orthanc:
             return json.loads(r.read())
 
     def instances_of_modality(self, modality: str) -> list[str]:
-        series = self.post("/tools/find", {"Level": "Series", "Query": {"Modality": modality},
-                                           "Expand": True})
+        series = self.post(
+            "/tools/find", {"Level": "Series", "Query": {"Modality": modality}, "Expand": True}
+        )
         return [i for s in series for i in s["Instances"]]
 
     def download(self, instance_id: str, dest: Path) -> Path:
@@ -103,16 +106,27 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     dicom_port, http_port = free_port(), free_port()
     db = tmp_path / "orthanc-db"
     conf = tmp_path / "orthanc.json"
-    conf.write_text(json.dumps({
-        "Name": "AIRCON-TEST", "StorageDirectory": str(db), "IndexDirectory": str(db),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": [],
-        "DicomModalities": {}, "StableAge": 1,
-    }))
+    conf.write_text(
+        json.dumps(
+            {
+                "Name": "AIRCON-TEST",
+                "StorageDirectory": str(db),
+                "IndexDirectory": str(db),
+                "HttpPort": http_port,
+                "DicomPort": dicom_port,
+                "DicomAet": "ORTHANC",
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowStore": True,
+                "Plugins": [],
+                "DicomModalities": {},
+                "StableAge": 1,
+            }
+        )
+    )
     log = (tmp_path / "orthanc.log").open("wb")
-    proc = subprocess.Popen([exe, str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=tmp_path)
+    proc = subprocess.Popen([exe, str(conf)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     node = Orthanc(dicom_port, http_port, proc)
 
     def up() -> bool:
@@ -152,7 +166,9 @@ class GatewayProcess:
         log = (self.work / "gateway.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "-c", str(self.config_path), "serve"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.work,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -160,8 +176,11 @@ class GatewayProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited: {self.log()[-3000:]}")
-            r = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1",
-                                str(self.port)], capture_output=True, env=dcmtk_env())
+            r = subprocess.run(
+                ["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1", str(self.port)],
+                capture_output=True,
+                env=dcmtk_env(),
+            )
             return r.returncode == 0
 
         wait_for(answers, timeout, interval=0.5, what="the gateway to answer C-ECHO")
@@ -183,12 +202,19 @@ class GatewayProcess:
 
         return Store(self.cfg.database.url)
 
-    def storescu(self, path: Path, calling_ae: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+    def storescu(
+        self, path: Path, calling_ae: str = "STORESCU"
+    ) -> subprocess.CompletedProcess[str]:
         args = ["storescu", "-aet", calling_ae, "-aec", "AIRCON"]
         if path.is_dir():
             args += ["+sd", "+r"]
-        return subprocess.run(args + ["127.0.0.1", str(self.port), str(path)],
-                              capture_output=True, text=True, env=dcmtk_env(), timeout=300)
+        return subprocess.run(
+            args + ["127.0.0.1", str(self.port), str(path)],
+            capture_output=True,
+            text=True,
+            env=dcmtk_env(),
+            timeout=300,
+        )
 
     def jobs(self) -> list[dict[str, Any]]:
         from gateway.pipeline import describe
@@ -210,8 +236,11 @@ class GatewayProcess:
 def write_gateway_config(work: Path, destination_port: int, **overrides: Any) -> Path:
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
     raw["listen"] = {"host": "127.0.0.1", "port": overrides.pop("port")}
-    raw["paths"] = {"spool": str(work / "spool"), "output": str(work / "rtstruct"),
-                    "models": str(REPO / "models")}
+    raw["paths"] = {
+        "spool": str(work / "spool"),
+        "output": str(work / "rtstruct"),
+        "models": str(REPO / "models"),
+    }
     raw["database"] = {"url": f"sqlite:///{work / 'aircon.db'}"}
     raw["queue"] = {"backend": "sqlite", "path": str(work / "queue.db"), "workers": 2}
     raw["destinations"]["planning"]["port"] = destination_port

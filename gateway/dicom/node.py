@@ -15,6 +15,7 @@ from pynetdicom import AE, evt
 
 from gateway.dicom.scp import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from gateway.dicom.status import CANNOT_UNDERSTAND, SUCCESS, VERIFICATION_SOP_CLASS
+from gateway.dicom.tcp import set_nodelay
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,11 @@ class ReceivingNode:
         self._server = ae.start_server(
             (self.host, self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda e: SUCCESS)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, set_nodelay),
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_C_ECHO, lambda e: SUCCESS),
+            ],
         )
         self.port = self._server.server_address[1]
 

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import PeerConfig
 from gateway.dicom import status
+from gateway.dicom.tcp import set_nodelay
 from gateway.errors import InvalidInput
 from gateway.receive import Receiver
 
@@ -99,6 +100,7 @@ class StorageSCP:
 
     def start(self) -> None:
         handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),

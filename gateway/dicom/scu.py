@@ -9,11 +9,12 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.status import code_to_category
 
 from gateway.config import DestinationConfig
 from gateway.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE, VERIFICATION_SOP_CLASS
+from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,12 @@ def echo(dest: DestinationConfig, calling_ae: str, timeout: float = 10.0) -> Ech
     """C-ECHO ``dest``; never raises for network problems."""
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+    )
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "no association (peer down?)"
         return EchoResult(False, why)
@@ -85,7 +91,12 @@ def store(
         raise DeliveryRejected("more than 128 presentation contexts in one send")
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+    )
     if not assoc.is_established:
         raise PeerUnavailable(
             f"{dest.ae_title}@{dest.host}:{dest.port}: "

@@ -43,11 +43,19 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 def test_echo_success_and_unknown_calling_ae_rejected(make_gateway) -> None:
     gw = make_gateway(destination_port=free_port())
     gw.start()
-    ok = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1",
-                         str(gw.port)], capture_output=True, text=True, env=dcmtk_env())
+    ok = subprocess.run(
+        ["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1", str(gw.port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "AIRCON", "127.0.0.1",
-                          str(gw.port)], capture_output=True, text=True, env=dcmtk_env())
+    bad = subprocess.run(
+        ["echoscu", "-aet", "INTRUDER", "-aec", "AIRCON", "127.0.0.1", str(gw.port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+    )
     assert bad.returncode != 0
     assert "Rejected" in bad.stderr or "rejected" in bad.stderr.lower()
     assert "Calling AE Title Not Recognized" in bad.stderr or "Calling AE" in bad.stderr
@@ -72,11 +80,13 @@ def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) 
     t2_uids = {str(d.SOPInstanceUID) for d in t2}
     assert len(t2_uids) == 19
 
-    refd = {str(ci.ReferencedSOPInstanceUID)
-            for fr in rt.ReferencedFrameOfReferenceSequence
-            for st in fr.RTReferencedStudySequence
-            for se in st.RTReferencedSeriesSequence
-            for ci in se.ContourImageSequence}
+    refd = {
+        str(ci.ReferencedSOPInstanceUID)
+        for fr in rt.ReferencedFrameOfReferenceSequence
+        for st in fr.RTReferencedStudySequence
+        for se in st.RTReferencedSeriesSequence
+        for ci in se.ContourImageSequence
+    }
     assert refd == t2_uids
     assert rt.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == t2[0].FrameOfReferenceUID
     assert rt.FrameOfReferenceUID == t2[0].FrameOfReferenceUID
@@ -84,8 +94,10 @@ def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) 
     spec = load_model(MODEL)
     expected = {roi.name: list(roi.color) for roi in spec.labels.values()}
     names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
-    colours = {names[int(c.ReferencedROINumber)]: [int(x) for x in c.ROIDisplayColor]
-               for c in rt.ROIContourSequence}
+    colours = {
+        names[int(c.ReferencedROINumber)]: [int(x) for x in c.ROIDisplayColor]
+        for c in rt.ROIContourSequence
+    }
     assert set(names.values()) <= set(expected), names
     for name, colour in colours.items():
         assert colour == expected[name]
@@ -139,12 +151,17 @@ def test_destination_down_at_first_receives_after_retry(make_gateway, tmp_path) 
 
     dest_port = free_port()
     series = write_dicom_series(make_phantom(77), tmp_path / "study", seed=77)
-    gw = make_gateway(destination_port=dest_port,
-                      delivery={"max_attempts": 10, "backoff_base_s": 1, "backoff_max_s": 4})
+    gw = make_gateway(
+        destination_port=dest_port,
+        delivery={"max_attempts": 10, "backoff_base_s": 1, "backoff_max_s": 4},
+    )
     gw.start()
     assert gw.storescu(tmp_path / "study").returncode == 0
-    wait_for(lambda: any(d["attempts"] >= 2 for j in gw.jobs() for d in j["deliveries"]), 180,
-             what="two failed delivery attempts")
+    wait_for(
+        lambda: any(d["attempts"] >= 2 for j in gw.jobs() for d in j["deliveries"]),
+        180,
+        what="two failed delivery attempts",
+    )
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=dest_port)
     node.start()
     try:
@@ -154,16 +171,32 @@ def test_destination_down_at_first_receives_after_retry(make_gateway, tmp_path) 
         files = node.files()
         assert len(files) == 1
         assert dcmread(files[0]).Modality == "RTSTRUCT"
-        assert str(dcmread(files[0]).ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID) \
+        assert (
+            str(dcmread(files[0]).ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
             == series.frame_of_reference_uid
+        )
     finally:
         node.stop()
 
 
 def test_demo_json(tmp_path) -> None:
-    r = subprocess.run([sys.executable, "-m", "gateway", "-c", str(REPO / "config.yaml"), "demo",
-                        "--json", "--out", str(tmp_path / "demo")],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(REPO / "config.yaml"),
+            "demo",
+            "--json",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True
@@ -182,8 +215,9 @@ def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=free_port())
     node.start()
     try:
-        gw = make_gateway(destination_port=node.port,
-                          assembly={"series_quiet_s": 5, "study_timeout_s": 300})
+        gw = make_gateway(
+            destination_port=node.port, assembly={"series_quiet_s": 5, "study_timeout_s": 300}
+        )
         gw.start()
         assert gw.storescu(tmp_path / "study").returncode == 0
         assert gw.proc is not None

@@ -36,7 +36,9 @@ def scp_factory(tmp_path: Path) -> Iterator:
 
     def make(spool_root: Path) -> tuple[StorageSCP, list[str]]:
         touched: list[str] = []
-        rx = Receiver(Spool(spool_root), Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), touched.append)
+        rx = Receiver(
+            Spool(spool_root), Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), touched.append
+        )
         scp = StorageSCP("AIRCON", "127.0.0.1", 0, [PeerConfig(ae_title="SENDER")], rx)
         scp.start()
         servers.append(scp)
