@@ -230,3 +230,50 @@ def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
         assert len(node.files()) == 1
     finally:
         node.stop()
+
+
+def _aircon(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_parked_delivery_is_resent_with_the_cli(make_gateway, tmp_path) -> None:
+    """After max_attempts the delivery is parked; `aircon resend JOB` delivers it once the
+    destination is back, through the running gateway's queue."""
+    from gateway.phantom import make_phantom, write_dicom_series
+
+    dest_port = free_port()
+    write_dicom_series(make_phantom(55), tmp_path / "study", seed=55)
+    gw = make_gateway(
+        destination_port=dest_port,
+        delivery={"max_attempts": 2, "backoff_base_s": 0.5, "backoff_max_s": 1},
+    )
+    gw.start()
+    send = _aircon(
+        gw.config_path, "send", "-q", str(tmp_path / "study"), f"AIRCON@127.0.0.1:{gw.port}"
+    )
+    assert send.returncode == 0, send.stderr
+    assert "sent 24 instance(s)" in send.stdout
+    (job,) = gw.wait_jobs(1)
+    assert job["state"] == "failed"
+    assert job["deliveries"][0]["state"] == "failed"
+    assert "parked after 2 attempts" in job["reason"]
+    listing = _aircon(gw.config_path, "jobs")
+    assert "failed" in listing.stdout and "parked after 2 attempts" in listing.stdout
+
+    node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=dest_port)
+    node.start()
+    try:
+        echo = _aircon(gw.config_path, "echo", "planning")
+        assert echo.returncode == 0 and "success" in echo.stdout
+        resend = _aircon(gw.config_path, "resend", str(job["job"]))
+        assert resend.returncode == 0, resend.stderr
+        wait_for(lambda: gw.jobs()[0]["state"] == "done", 60, what="the resent job to finish")
+        assert len(node.files()) == 1
+        assert gw.jobs()[0]["deliveries"][0]["state"] == "delivered"
+    finally:
+        node.stop()
