@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
 from gateway.config import parse_config
+from gateway.demo import free_port
 from gateway.dicom.scp import StorageSCP
 from gateway.receive import Receiver
 from gateway.spool import Spool
@@ -38,12 +39,6 @@ from gateway.store import Store
 
 ROOT = "1.2.826.0.1.3680043.8.498.77."
 SEND_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_series(folder: Path, n: int, size: int = 384) -> list[Path]:
@@ -106,11 +101,20 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeo
 
 
 def storescu(port: int, files: list[Path]) -> float:
-    cmd = ["storescu", "-aec", "AIRCON", "-aet", "STORESCU", "127.0.0.1", str(port),
-           *map(str, files)]
+    cmd = [
+        "storescu",
+        "-aec",
+        "AIRCON",
+        "-aet",
+        "STORESCU",
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True,
-                         timeout=SEND_TIMEOUT_S)
+    res = subprocess.run(
+        cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=SEND_TIMEOUT_S
+    )
     seconds = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"storescu failed ({res.returncode}): {res.stderr[-2000:]}")
@@ -149,8 +153,12 @@ def round_storescp(work: Path, files: list[Path]) -> float:
     port = free_port()
     out = work / "storescp"
     out.mkdir()
-    proc = subprocess.Popen(["storescp", "+B", "-od", str(out), str(port)], env=dcmtk_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["storescp", "+B", "-od", str(out), str(port)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_listening(port, proc)
         seconds = storescu(port, files)
@@ -178,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         (root / "series").mkdir()
         files = write_series(root / "series", args.instances)
         mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"{len(files)} instances, {mb:.0f} MB ({mb * 1e3 / len(files):.0f} KB each), "
-              f"one association per send, {args.rounds} round(s)")
+        print(
+            f"{len(files)} instances, {mb:.0f} MB ({mb * 1e3 / len(files):.0f} KB each), "
+            f"one association per send, {args.rounds} round(s)"
+        )
         times: dict[str, list[float]] = {"gateway": [], "storescp": []}
         for r in range(1, args.rounds + 1):
             for name, run in (("gateway", round_gateway), ("storescp", round_storescp)):
@@ -188,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = run(work, files)
                 shutil.rmtree(work)
                 times[name].append(seconds)
-                print(f"round {r}  {name:<8}  {seconds:6.2f} s  {len(files) / seconds:7.1f} inst/s"
-                      f"  {mb / seconds:6.1f} MB/s")
+                print(
+                    f"round {r}  {name:<8}  {seconds:6.2f} s  {len(files) / seconds:7.1f} inst/s"
+                    f"  {mb / seconds:6.1f} MB/s"
+                )
         rate = {k: len(files) / statistics.median(v) for k, v in times.items()}
-        print(f"median    gateway {rate['gateway']:.1f} inst/s, storescp {rate['storescp']:.1f} "
-              f"inst/s, ratio gateway/storescp {rate['gateway'] / rate['storescp']:.2f}")
+        print(
+            f"median    gateway {rate['gateway']:.1f} inst/s, storescp {rate['storescp']:.1f} "
+            f"inst/s, ratio gateway/storescp {rate['gateway'] / rate['storescp']:.2f}"
+        )
     return 0
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from gateway import assembly, routing
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, PeerUnavailable, PermanentError, RetriableError
-from gateway.geometry import check_volume
 from gateway.store import DeliveryState, JobRow, JobState, Store, StudyInfo
 
 log = logging.getLogger(__name__)
@@ -156,10 +155,10 @@ class Pipeline:
         log.warning("job %d failed: %s", job_id, reason)
         self.store.update_job(job_id, state=JobState.FAILED, reason=reason, stage="failed")
 
-    def _ordered_paths(self, study: StudyInfo, series_uid: str) -> list[Path]:
+    @staticmethod
+    def _series_paths(study: StudyInfo, series_uid: str) -> list[Path]:
         series = next(s for s in study.series if s.series_uid == series_uid)
-        order = check_volume(series.slices).order
-        return [Path(series.paths[uid]) for uid in order]
+        return [Path(p) for p in series.paths.values()]  # read_series sorts along the normal
 
     def _run(self, job_id: int) -> None:
         import SimpleITK as sitk
@@ -171,7 +170,7 @@ class Pipeline:
         study = self.store.study(job.study_uid)
         assert study is not None
         model = self.cfg.models[job.model]
-        volumes = [imaging.read_series(self._ordered_paths(study, uid)) for uid in job.input_series]
+        volumes = [imaging.read_series(self._series_paths(study, uid)) for uid in job.input_series]
         primary = volumes[0]
         channels = [primary.image] + [
             imaging.resample_to(v.image, primary.image) for v in volumes[1:]

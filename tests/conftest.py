@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.demo import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PROSTATEX = SHARED_DATA / "prostatex" / "ProstateX-0000"
 PROSTATEX_T2 = PROSTATEX / "07-07-2011" / "4.000000-t2tsetra-00702"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dcmtk_env() -> dict[str, str]:
