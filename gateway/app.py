@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -22,8 +23,6 @@ class Gateway:
         cfg.paths.spool.mkdir(parents=True, exist_ok=True)
         cfg.paths.output.mkdir(parents=True, exist_ok=True)
         if cfg.database.url.startswith("sqlite:///"):
-            from pathlib import Path
-
             Path(cfg.database.url.removeprefix("sqlite:///")).parent.mkdir(
                 parents=True, exist_ok=True
             )

@@ -136,6 +136,7 @@ def run_demo(
     from gateway.contours import dice, rasterize_rtstruct
     from gateway.dicom.node import ReceivingNode
     from gateway.dicom.scu import store
+    from gateway.imaging import volume_cc
     from gateway.phantom import make_phantom, write_dicom_series
     from gateway.pipeline import stage_timings
     from gateway.store import Store
@@ -188,14 +189,14 @@ def run_demo(
         image = sitk.GetArrayFromImage(phantom.image)
         sx, sy, sz = phantom.image.GetSpacing()
         model = cfg.models[cfg.rules[0].model]
-        rois = []
+        rois: list[dict[str, Any]] = []
         for label, spec in sorted(model.labels.items()):
             m = masks.get(spec.name, np.zeros(truth.shape, bool))
             rois.append(
                 {
                     "name": spec.name,
-                    "volume_cc": round(float(m.sum()) * sx * sy * sz / 1000, 2),
-                    "truth_cc": round(float((truth == label).sum()) * sx * sy * sz / 1000, 2),
+                    "volume_cc": round(volume_cc(m, (sx, sy, sz)), 2),
+                    "truth_cc": round(volume_cc(truth == label, (sx, sy, sz)), 2),
                     "dice": round(dice(m, truth == label), 4),
                 }
             )
@@ -214,7 +215,7 @@ def run_demo(
                 break
             time.sleep(0.2)
         job = jobs[0] if jobs else None
-        timings = stage_timings(job, db.study(job.study_uid)) if job else {}
+        timings = stage_timings(job, db.study_times(job.study_uid)) if job else {}
         timings["demo_wall"] = round(time.monotonic() - t_start, 2)
         ok = (
             bool(rois)

@@ -24,7 +24,15 @@ import numpy as np
 from gateway import assembly, routing
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, PeerUnavailable, PermanentError, RetriableError
-from gateway.store import DeliveryState, JobRow, JobState, Store, StudyInfo
+from gateway.store import (
+    TERMINAL,
+    DeliveryState,
+    JobRow,
+    JobState,
+    Store,
+    StudyInfo,
+    StudyTimes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return min(cap, base * 2 ** max(0, attempt - 1)) * rng.uniform(0.8, 1.2)
 
 
-def stage_timings(job: JobRow, study: StudyInfo | None) -> dict[str, float]:
+def stage_timings(job: JobRow, study: StudyTimes | StudyInfo | None) -> dict[str, float]:
     """Seconds spent per stage, from the recorded timestamps (missing stages are left out)."""
     st = dict(job.stages)
     if study is not None:
@@ -99,7 +107,7 @@ class Pipeline:
         jobs = self.store.jobs_for(study_uid, rule.name)
         last = jobs[-1] if jobs else None
         if last is not None and last.state != JobState.WAITING.value:
-            if last.state not in (JobState.DONE.value, JobState.FAILED.value):
+            if last.state not in TERMINAL:
                 # Busy with earlier input: look again once it is done.
                 self.dispatch.check_study(
                     study_uid, delay=max(1.0, self.cfg.assembly.series_quiet_s)
@@ -194,12 +202,11 @@ class Pipeline:
         )
         out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
         rtstruct.write_dataset(ds, out)
-        voxel_cc = sx * sy * sz / 1000.0
         rois = [
             {
                 "name": spec.name,
                 "label": int(label),
-                "volume_cc": round(float(np.sum(label_map == label)) * voxel_cc, 2),
+                "volume_cc": round(imaging.volume_cc(label_map == label, (sx, sy, sz)), 2),
             }
             for label, spec in sorted(model.labels.items())
         ]
@@ -384,7 +391,7 @@ def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
     """Jobs as plain dicts for the CLI (state, reason, per-stage timings, deliveries)."""
     out = []
     for job in jobs:
-        study = store.study(job.study_uid)
+        study = store.study_times(job.study_uid)
         out.append(
             {
                 "job": job.id,

@@ -6,6 +6,7 @@ writes the bytes as received, records the instance, and returns. It never waits 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -109,7 +110,7 @@ class Receiver:
         """
         rec = describe_instance(ds)
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
-        rec = InstanceRecord(**{**rec.__dict__, "path": str(path)})
+        rec = dataclasses.replace(rec, path=str(path))
         self.store.record_instance(rec, calling_ae=calling_ae, called_ae=called_ae)
         return rec.study_uid
 

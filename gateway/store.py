@@ -7,7 +7,6 @@ PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never p
 from __future__ import annotations
 
 import enum
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -139,6 +139,12 @@ class SeriesInfo:
 
 
 @dataclass(frozen=True)
+class StudyTimes:
+    first_received_at: float
+    last_received_at: float
+
+
+@dataclass(frozen=True)
 class StudyInfo:
     study_uid: str
     calling_ae: str
@@ -241,6 +247,12 @@ class Store:
         with self.session() as s:
             return set(s.scalars(select(InstanceRow.sop_instance_uid)))
 
+    def study_times(self, study_uid: str) -> StudyTimes | None:
+        """When a study's first and last instances arrived (cheap: no series or instances)."""
+        with self.session() as s:
+            st = s.get(StudyRow, study_uid)
+            return None if st is None else StudyTimes(st.first_received_at, st.last_received_at)
+
     def study(self, study_uid: str) -> StudyInfo | None:
         with self.session() as s:
             st = s.get(StudyRow, study_uid)
@@ -272,46 +284,52 @@ class Store:
             )
 
     def list_studies(self) -> list[dict[str, Any]]:
+        counts = (
+            select(
+                SeriesRow.study_uid,
+                func.count(func.distinct(SeriesRow.series_uid)).label("series"),
+                func.count(InstanceRow.sop_instance_uid).label("instances"),
+            )
+            .join(InstanceRow, InstanceRow.series_uid == SeriesRow.series_uid, isouter=True)
+            .group_by(SeriesRow.study_uid)
+            .subquery()
+        )
+        query = (
+            select(StudyRow, counts.c.series, counts.c.instances)
+            .join(counts, counts.c.study_uid == StudyRow.study_uid, isouter=True)
+            .order_by(StudyRow.first_received_at)
+        )
         with self.session() as s:
-            out = []
-            for st in s.scalars(select(StudyRow).order_by(StudyRow.first_received_at)):
-                n_series = 0
-                n_inst = 0
-                for se in s.scalars(select(SeriesRow).where(SeriesRow.study_uid == st.study_uid)):
-                    n_series += 1
-                    n_inst += len(
-                        s.scalars(
-                            select(InstanceRow.sop_instance_uid).where(
-                                InstanceRow.series_uid == se.series_uid
-                            )
-                        ).all()
-                    )
-                out.append(
-                    {
-                        "study_uid": st.study_uid,
-                        "calling_ae": st.calling_ae,
-                        "series": n_series,
-                        "instances": n_inst,
-                        "first_received_at": st.first_received_at,
-                        "last_received_at": st.last_received_at,
-                    }
-                )
-            return out
+            return [
+                {
+                    "study_uid": st.study_uid,
+                    "calling_ae": st.calling_ae,
+                    "series": n_series or 0,
+                    "instances": n_inst or 0,
+                    "first_received_at": st.first_received_at,
+                    "last_received_at": st.last_received_at,
+                }
+                for st, n_series, n_inst in s.execute(query)
+            ]
 
     def studies_with_open_work(self) -> list[str]:
-        """Studies that may still need a readiness check (used to recover after a restart)."""
+        """Studies that may still need a readiness check (used to recover after a restart): a
+        job waiting for inputs, or instances received after the study's latest job was opened."""
+        latest = (
+            select(JobRow.study_uid, func.max(JobRow.created_at).label("opened"))
+            .group_by(JobRow.study_uid)
+            .subquery()
+        )
+        query = (
+            select(StudyRow.study_uid)
+            .join(latest, latest.c.study_uid == StudyRow.study_uid, isouter=True)
+            .where((latest.c.opened.is_(None)) | (latest.c.opened < StudyRow.last_received_at))
+        )
         with self.session() as s:
             waiting = set(
                 s.scalars(select(JobRow.study_uid).where(JobRow.state == JobState.WAITING.value))
             )
-            for st in s.scalars(select(StudyRow)):
-                last_job = s.scalars(
-                    select(JobRow)
-                    .where(JobRow.study_uid == st.study_uid)
-                    .order_by(JobRow.id.desc())
-                ).first()
-                if last_job is None or last_job.created_at < st.last_received_at:
-                    waiting.add(st.study_uid)
+            waiting.update(s.scalars(query))
             return sorted(waiting)
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -470,7 +488,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
