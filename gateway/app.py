@@ -82,7 +82,7 @@ class Gateway:
         import gateway.imaging
         import gateway.rtstruct  # noqa: F401
 
-        names = {r.model for r in self.cfg.rules}
+        names = {m for r in self.cfg.rules for m in r.models}
         for name in sorted(names):
             try:
                 self.pipeline.segmenters.get(self.cfg.models[name]).warm_up()

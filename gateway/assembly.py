@@ -1,15 +1,21 @@
-"""Assembly (pure): is a study ready for a model, and if not, why not and until when?
+"""Assembly (pure): are a study's inputs ready for a rule's models, and if not, why not and until
+when?
 
-A study is ready for a model when every input channel has a matching series, each such series has
-been quiet (no new instance) for ``series_quiet_s``, and its slices form one consistent volume.
-A study that is not ready ``study_timeout_s`` after its job was opened fails with the reason.
-Decisions depend only on the recorded instances and the clock passed in.
+A model is ready when every input channel has a matching series, each such series has been quiet
+(no new instance) for ``series_quiet_s``, its slices form one consistent volume, all channels
+share the primary channel's frame of reference (no registration here), and the primary series is
+within the model's guardrails. A model that is not ready ``study_timeout_s`` after its job was
+opened fails with the reason; a model outside its guardrails or across frames of reference fails
+at once. A rule's job runs when no model is still waiting; the models that failed are recorded
+and the others run. Decisions depend only on the recorded instances and the clock passed in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway import guardrails
 from gateway.config import AssemblyConfig, ModelSpec
 from gateway.geometry import check_volume
 from gateway.routing import select_series
@@ -36,6 +42,10 @@ class Failed:
 Decision = Ready | Waiting | Failed
 
 
+def _label(i: int, name: str) -> str:
+    return f"input {i} '{name}'"
+
+
 def decide(
     model: ModelSpec,
     study: StudyInfo,
@@ -44,12 +54,14 @@ def decide(
     now: float,
     cfg: AssemblyConfig,
 ) -> Decision:
+    """Whether ``study`` holds complete, usable inputs for ``model``."""
     deadline = opened_at + cfg.study_timeout_s
     chosen: list[SeriesInfo] = []
     orders: list[tuple[str, ...]] = []
+    spacings: list[float | None] = []
     waits: list[Waiting] = []
     for i, channel in enumerate(model.inputs):
-        label = f"input {i} '{channel.name}'"
+        label = _label(i, channel.name)
         series = select_series(channel, study.series)
         if series is None:
             waits.append(Waiting(f"{label}: no matching series received", deadline))
@@ -70,9 +82,67 @@ def decide(
             continue
         chosen.append(series)
         orders.append(check.order)
-    if not waits:
-        return Ready(tuple(chosen), tuple(orders))
-    reason = "; ".join(w.reason for w in waits)
-    if now >= deadline:
-        return Failed(f"not ready after {cfg.study_timeout_s:g} s: {reason}")
-    return Waiting(reason, min(w.recheck_at for w in waits))
+        spacings.append(check.slice_spacing)
+    if waits:
+        reason = "; ".join(w.reason for w in waits)
+        if now >= deadline:
+            return Failed(f"not ready after {cfg.study_timeout_s:g} s: {reason}")
+        return Waiting(reason, min(w.recheck_at for w in waits))
+
+    p = model.primary_index
+    primary_frame = _frame(chosen[p])
+    problems: list[str] = []
+    for i, (channel, series) in enumerate(zip(model.inputs, chosen, strict=True)):
+        if i != p and _frame(series) != primary_frame:
+            problems.append(
+                f"{_label(i, channel.name)}: series {series.attributes.get('SeriesNumber', '?')} "
+                f"is in another frame of reference than '{model.inputs[p].name}' "
+                "(no registration: both must share a FrameOfReferenceUID)"
+            )
+        problems += guardrails.check(
+            model.guardrails, channel.name, series, spacings[i], primary=i == p
+        )
+    if problems:
+        return Failed("outside the model's intended use: " + "; ".join(problems))
+    return Ready(tuple(chosen), tuple(orders))
+
+
+def _frame(series: SeriesInfo) -> str | None:
+    frames = {s.frame_of_reference_uid for s in series.slices}
+    return frames.pop() if len(frames) == 1 else None
+
+
+@dataclass(frozen=True)
+class RuleDecision:
+    """A rule's job: still ``waiting`` (with reason and when to look again), or settled into
+    the models that can run (``ready``) and those that cannot (``failed``, with reasons)."""
+
+    ready: Mapping[str, Ready]
+    failed: Mapping[str, str]
+    waiting: Waiting | None = None
+
+
+def decide_rule(
+    models: Sequence[ModelSpec],
+    study: StudyInfo,
+    *,
+    opened_at: float,
+    now: float,
+    cfg: AssemblyConfig,
+) -> RuleDecision:
+    """Decide every model of a rule; the job waits while any model is still waiting."""
+    ready: dict[str, Ready] = {}
+    failed: dict[str, str] = {}
+    waits: list[tuple[str, Waiting]] = []
+    for model in models:
+        d = decide(model, study, opened_at=opened_at, now=now, cfg=cfg)
+        if isinstance(d, Ready):
+            ready[model.name] = d
+        elif isinstance(d, Failed):
+            failed[model.name] = d.reason
+        else:
+            waits.append((model.name, d))
+    if waits:
+        reason = "; ".join(f"{name}: {w.reason}" for name, w in waits)
+        return RuleDecision(ready, failed, Waiting(reason, min(w.recheck_at for _, w in waits)))
+    return RuleDecision(ready, failed)

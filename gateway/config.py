@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from gateway.errors import ConfigError
@@ -68,19 +69,49 @@ class _Frozen(BaseModel):
 # Series selection: shared by routing rules and model input channels
 
 
+class Range(_Frozen):
+    """A numeric range; either end may be open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+# One condition on one attribute: a regular expression searched in the value (str), a set of
+# items the (multi-valued) value must all contain (list), or a numeric range ({min, max}).
+Condition = Regex | tuple[str, ...] | Range
+
+
 class SeriesSelector(_Frozen):
     """Conditions on a series' DICOM attributes, all of which must hold.
 
-    ``keywords`` maps a DICOM keyword to a regular expression searched (``re.search``) in the
-    attribute's value; multi-valued attributes (``ImageType``) are joined with ``\\``. Anchor with
-    ``^...$`` for exact matches. A missing attribute never matches.
+    Written in YAML as a mapping from DICOM keyword to a condition::
+
+        Modality: "^MR$"                 # regular expression, searched (re.search)
+        SeriesDescription: "(?i)t2.*tra"
+        ImageType: [DIXON, WATER]        # the value contains all of these (case-insensitive)
+        EchoTime: {min: 80, max: 130}    # a number in this range
+
+    Multi-valued attributes are joined with ``\\`` for regular expressions. A missing attribute
+    never matches. (The older form ``{keywords: {...}}`` is read as the same mapping.)
     """
 
-    keywords: dict[str, Regex] = Field(default_factory=dict)
+    conditions: dict[str, Condition] = Field(default_factory=dict)
 
-    @field_validator("keywords")
+    @model_validator(mode="before")
     @classmethod
-    def _keywords_are_dicom(cls, value: dict[str, str]) -> dict[str, str]:
+    def _flat_mapping(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "conditions" not in data:
+            if set(data) == {"keywords"} and isinstance(data["keywords"], Mapping):
+                data = data["keywords"]
+            return {"conditions": dict(data)}
+        return data
+
+    @field_validator("conditions")
+    @classmethod
+    def _keywords_are_dicom(cls, value: dict[str, Condition]) -> dict[str, Condition]:
         from pydicom.datadict import tag_for_keyword
 
         for key in value:
@@ -109,10 +140,39 @@ class RoiSpec(_Frozen):
 
 
 class InputChannel(_Frozen):
-    """One model input, in the model's channel order."""
+    """One model input, in the model's channel order.
 
-    name: str
+    The ``primary`` channel's grid is the grid the model runs on and the series the RTSTRUCT
+    references; the other channels are resampled onto it. Without an explicit primary the first
+    channel is primary.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
     select: SeriesSelector
+    primary: bool = False
+
+
+class Guardrails(_Frozen):
+    """A model's intended use, checked on its primary series before it runs. Unset = unchecked.
+
+    ``max_oblique_deg``: the slice normal may tilt at most this far from the patient's
+    cranio-caudal axis (axial acquisitions). ``slice_thickness_mm``: SliceThickness, or the
+    spacing between slices when absent. ``field_of_view_mm``: both in-plane extents.
+    """
+
+    modality: tuple[str, ...] | None = None
+    max_oblique_deg: Annotated[float, Field(ge=0, le=90)] | None = None
+    slice_thickness_mm: tuple[float, float] | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slices: tuple[int, int] | None = None
+    field_of_view_mm: tuple[float, float] | None = None
+
+    @field_validator("slice_thickness_mm", "pixel_spacing_mm", "slices", "field_of_view_mm")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] <= value[1]:
+            raise ValueError("give [min, max] with 0 <= min <= max")
+        return value
 
 
 class NnUNetSpec(_Frozen):
@@ -124,14 +184,39 @@ class NnUNetSpec(_Frozen):
     tile_step_size: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
+class CommandSpec(_Frozen):
+    """An external program. ``args`` may use ``{<channel name>}`` (that channel's NIfTI path),
+    ``{output}`` (where the program must write the label map as NIfTI), ``{workdir}`` and
+    ``{python}`` (this interpreter). The program runs without a shell, in ``workdir``."""
+
+    args: Annotated[tuple[str, ...], Field(min_length=1)]
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class PythonSpec(_Frozen):
+    """A function ``module:function`` called as ``function(channels, grid, **options)``; a module
+    file in the model folder is found first, then installed packages. An optional
+    ``module:warm_up`` is called once at start with the same options."""
+
+    entry: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelSpec(_Frozen):
-    name: str
-    kind: Literal["nnunet"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    kind: Literal["nnunet", "command", "python"]
     version: Annotated[str, Field(min_length=1, max_length=32)]
     description: str = ""
-    nnunet: NnUNetSpec
+    nnunet: NnUNetSpec | None = None
+    command: CommandSpec | None = None
+    python: PythonSpec | None = None
     inputs: Annotated[tuple[InputChannel, ...], Field(min_length=1)]
+    guardrails: Guardrails = Guardrails()
     labels: dict[int, RoiSpec]
+    # Extra files that define the output (hashed for provenance): relative paths, or
+    # "package:<pkg>/<path>" for weights shipped inside an installed package.
+    weights: tuple[str, ...] = ()
     # Filled by the loader, not by the YAML.
     path: Path = Path(".")
     weights_sha256: str = ""
@@ -141,15 +226,51 @@ class ModelSpec(_Frozen):
     def _labels_positive(cls, value: dict[int, RoiSpec]) -> dict[int, RoiSpec]:
         if not value:
             raise ValueError("at least one label is required")
-        if any(k <= 0 for k in value):
-            raise ValueError("label values must be positive (0 is background)")
+        if any(not 0 < k < 256 for k in value):
+            raise ValueError("label values must be 1-255 (0 is background)")
         return value
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> ModelSpec:
+        for kind in ("nnunet", "command", "python"):
+            given = getattr(self, kind) is not None
+            if kind == self.kind and not given:
+                raise ValueError(f"kind '{kind}' needs a '{kind}' section")
+            if kind != self.kind and given:
+                raise ValueError(f"'{kind}' section given but kind is '{self.kind}'")
+        names = [c.name for c in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input channel names must be unique")
+        if sum(c.primary for c in self.inputs) > 1:
+            raise ValueError("at most one input channel may be primary")
+        if self.command is not None:
+            import string
+
+            known = {*names, "output", "workdir", "python", "model_dir", "device", "threads"}
+            for arg in self.command.args:
+                try:
+                    fields = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+                except ValueError as exc:
+                    raise ValueError(f"command argument {arg!r}: {exc}") from None
+                unknown = fields - known
+                if unknown:
+                    raise ValueError(
+                        f"command argument {arg!r} uses unknown placeholder(s) "
+                        f"{sorted(unknown)}; known: {sorted(known)}"
+                    )
+        return self
+
+    @property
+    def primary_index(self) -> int:
+        return next((i for i, c in enumerate(self.inputs) if c.primary), 0)
 
     @property
     def trained_model_folder(self) -> Path:
+        assert self.nnunet is not None
         return self.path / self.nnunet.folder
 
     def checkpoint_files(self) -> list[Path]:
+        assert self.nnunet is not None
         folder = self.trained_model_folder
         return [folder / f"fold_{f}" / self.nnunet.checkpoint for f in self.nnunet.folds]
 
@@ -226,10 +347,35 @@ class RuleMatch(_Frozen):
 
 
 class RuleConfig(_Frozen):
+    """Which studies go to which models and where the merged structure set goes.
+
+    ``models`` run one after another; their ROIs are merged into one RTSTRUCT per study and rule.
+    When two models make the same clinic ROI, ``prefer`` names the model whose contour is kept.
+    """
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     match: RuleMatch = RuleMatch()
-    model: str
+    models: Annotated[tuple[str, ...], Field(min_length=1)]
+    prefer: dict[str, str] = Field(default_factory=dict)
     destinations: Annotated[tuple[str, ...], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "model" in data:
+            data = dict(data)
+            model = data.pop("model")
+            if "models" in data:
+                raise ValueError("give 'models' (a list) or 'model', not both")
+            data["models"] = [model]
+        return data
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a model may appear only once in a rule")
+        return value
 
 
 class GatewayConfig(_Frozen):
@@ -245,6 +391,9 @@ class GatewayConfig(_Frozen):
     segmentation: SegmentationConfig = SegmentationConfig()
     rtstruct: RtstructConfig = RtstructConfig()
     rules: tuple[RuleConfig, ...] = ()
+    # Clinic ROI naming: model label name (case-insensitive) -> clinic name, colour and type.
+    # Entries here extend and override the built-in TG-263 names (gateway.structures).
+    roi_names: dict[str, RoiSpec] = Field(default_factory=dict)
     # Filled by the loader from paths.models.
     models: dict[str, ModelSpec] = Field(default_factory=dict)
 
@@ -256,6 +405,8 @@ class GatewayConfig(_Frozen):
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "conditions":  # SeriesSelector's inner field: YAML writes the mapping flat
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -281,13 +432,46 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError([(str(path), f"not valid YAML: {exc}")]) from None
 
 
+def weight_files(spec: ModelSpec) -> list[Path]:
+    """The files that define a model's output, hashed into every RTSTRUCT's provenance.
+
+    nnU-Net: plans, dataset and checkpoints. Other kinds: every file of the model folder
+    (adapter code, scripts) plus the files named in ``weights``."""
+    if spec.kind == "nnunet":
+        folder = spec.trained_model_folder
+        return [folder / "plans.json", folder / "dataset.json", *spec.checkpoint_files()]
+    own = sorted(
+        p
+        for p in spec.path.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.name != "model.yaml"
+    )
+    return own + [resolve_weight(spec.path, w) for w in spec.weights]
+
+
+def resolve_weight(model_dir: Path, name: str) -> Path:
+    """A weights file: relative to the model folder, or ``package:<pkg>/<path>`` inside an
+    installed package (found without importing it)."""
+    if name.startswith("package:"):
+        from importlib.util import find_spec
+
+        pkg, _, rel = name.removeprefix("package:").partition("/")
+        try:
+            found = find_spec(pkg)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            return Path(f"<package '{pkg}' not installed>") / rel
+        return Path(next(iter(found.submodule_search_locations))) / rel
+    return model_dir / name
+
+
 def weights_sha256(spec: ModelSpec) -> str:
-    """SHA-256 over the files that define the model's output: plans, dataset and checkpoints."""
     digest = hashlib.sha256()
-    folder = spec.trained_model_folder
-    for f in [folder / "plans.json", folder / "dataset.json", *spec.checkpoint_files()]:
+    for f in weight_files(spec):
         digest.update(f.name.encode())
-        digest.update(f.read_bytes())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -300,13 +484,18 @@ def load_model(model_dir: Path) -> ModelSpec:
     except ValidationError as exc:
         raise ConfigError(_problems(exc, prefix)) from None
     problems = []
-    folder = spec.trained_model_folder
-    for name in ("plans.json", "dataset.json"):
-        if not (folder / name).is_file():
-            problems.append((f"{prefix}nnunet.folder", f"{folder / name} not found"))
-    for ckpt in spec.checkpoint_files():
-        if not ckpt.is_file():
-            problems.append((f"{prefix}nnunet.folds", f"checkpoint {ckpt} not found"))
+    if spec.nnunet is not None:
+        folder = spec.trained_model_folder
+        for name in ("plans.json", "dataset.json"):
+            if not (folder / name).is_file():
+                problems.append((f"{prefix}nnunet.folder", f"{folder / name} not found"))
+        for ckpt in spec.checkpoint_files():
+            if not ckpt.is_file():
+                problems.append((f"{prefix}nnunet.folds", f"checkpoint {ckpt} not found"))
+    for j, name in enumerate(spec.weights):
+        if not resolve_weight(spec.path, name).is_file():
+            found = resolve_weight(spec.path, name)
+            problems.append((f"{prefix}weights[{j}]", f"{found} not found"))
     if problems:
         raise ConfigError(problems)
     return spec.model_copy(update={"weights_sha256": weights_sha256(spec)})
@@ -341,12 +530,16 @@ def _reference_problems(
     for i, rule in enumerate(rules if isinstance(rules, list | tuple) else ()):
         if not isinstance(rule, Mapping):
             continue
-        model = rule.get("model")
-        if models is not None and isinstance(model, str) and model not in models:
-            known = ", ".join(sorted(models)) or "none"
-            problems.append((f"rules[{i}].model", f"unknown model '{model}' (known: {known})"))
-        names = rule.get("destinations")
-        for j, dest in enumerate(names if isinstance(names, list | tuple) else ()):
+        key = "model" if "model" in rule else "models"
+        names = rule.get(key)
+        listed = [names] if isinstance(names, str) else names
+        for j, model in enumerate(listed if isinstance(listed, list | tuple) else ()):
+            if models is not None and isinstance(model, str) and model not in models:
+                known = ", ".join(sorted(models)) or "none"
+                where = f"rules[{i}].{key}" + ("" if isinstance(names, str) else f"[{j}]")
+                problems.append((where, f"unknown model '{model}' (known: {known})"))
+        dest_names = rule.get("destinations")
+        for j, dest in enumerate(dest_names if isinstance(dest_names, list | tuple) else ()):
             if isinstance(dest, str) and dest not in known_dests:
                 problems.append((f"rules[{i}].destinations[{j}]", f"unknown destination '{dest}'"))
     return problems
@@ -388,6 +581,14 @@ def parse_config(
     for i, name in enumerate(names):
         if names.index(name) != i:
             problems.append((f"rules[{i}].name", f"duplicate rule name '{name}'"))
+    if models is not None and not problems:
+        from gateway.structures import plan_structures
+
+        for i, rule in enumerate(cfg.rules):
+            try:
+                plan_structures(rule, models, cfg.roi_names)
+            except ValueError as exc:
+                problems.append((f"rules[{i}].prefer", str(exc)))
     if cfg.queue.backend == "redis" and not cfg.queue.url:
         problems.append(("queue.url", "required when queue.backend is redis"))
     if problems or models is None:

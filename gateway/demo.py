@@ -188,7 +188,7 @@ def run_demo(
         truth = sitk.GetArrayFromImage(phantom.labels)
         image = sitk.GetArrayFromImage(phantom.image)
         sx, sy, sz = phantom.image.GetSpacing()
-        model = cfg.models[cfg.rules[0].model]
+        model = cfg.models[cfg.rules[0].models[0]]
         rois: list[dict[str, Any]] = []
         for label, spec in sorted(model.labels.items()):
             m = masks.get(spec.name, np.zeros(truth.shape, bool))

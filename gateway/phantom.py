@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -151,6 +153,15 @@ def make_phantom(
     ``max_oblique_deg`` about each patient axis and centred near the prostate. Each axis
     needs at least 4 voxels.
     """
+    return _make(seed, shape, spacing, max_oblique_deg)[0]
+
+
+def _make(
+    seed: int,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    max_oblique_deg: float,
+) -> tuple[Phantom, _Scene]:
     if len(shape) != 3 or min(shape) < 4:
         raise ValueError(f"shape must be three sizes of at least 4 voxels, got {shape}")
     rng = np.random.default_rng(seed)
@@ -166,22 +177,138 @@ def make_phantom(
     origin = grid_centre - direction @ (extent / 2)
     pts = _grid_points(shape, spacing, direction, origin)
 
+    # The anatomy's random draws do not depend on the grid: keep the generator's state so that
+    # the same anatomy can be drawn again on another grid (the Dixon series of a study).
+    scene = _Scene(prostate_c, grid_centre, rng.bit_generator.state)
     anatomy = _draw_anatomy(pts, prostate_c, rng)
     labels = _labels(anatomy)
     image = _t2_image(anatomy, pts, grid_centre, shape, rng)
 
-    def _to_sitk(arr: NDArray[np.generic]) -> sitk.Image:
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing((spacing[2], spacing[1], spacing[0]))
-        img.SetOrigin(tuple(float(v) for v in origin))
-        img.SetDirection(tuple(float(v) for v in direction.ravel()))
-        return img
-
-    return Phantom(
-        image=_to_sitk(image.astype(np.float32)),
-        labels=_to_sitk(labels.astype(np.uint8)),
+    phantom = Phantom(
+        image=_to_sitk(image.astype(np.float32), spacing, origin, direction),
+        labels=_to_sitk(labels.astype(np.uint8), spacing, origin, direction),
         seed=seed,
     )
+    return phantom, scene
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What is needed to draw a phantom's anatomy again on another grid."""
+
+    prostate_c: FloatArray
+    grid_centre: FloatArray
+    anatomy_rng_state: Mapping[str, Any]
+
+    def anatomy_on(self, pts: FloatArray) -> _Anatomy:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = dict(self.anatomy_rng_state)
+        return _draw_anatomy(pts, self.prostate_c, rng)
+
+
+def _to_sitk(
+    arr: NDArray[np.generic],
+    spacing_zyx: tuple[float, float, float],
+    origin: FloatArray,
+    direction: FloatArray,
+) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return img
+
+
+# ---------------------------------------------------------------------------------------------
+# A four-series study: T2 axial plus a Dixon acquisition on its own grid
+
+DIXON_SHAPE = (22, 80, 80)  # z, y, x voxels
+DIXON_SPACING = (3.5, 1.6, 1.6)  # z, y, x mm: other spacing, field of view and slices than T2
+
+
+@dataclass(frozen=True)
+class PhantomStudy:
+    """One phantom patient imaged twice in one frame of reference, as a clinic acquires it.
+
+    ``t2`` is the oblique T2 phantom with its truth (the grid a model runs on). ``dixon`` holds
+    the ``water``, ``fat``, ``in_phase`` and ``out_phase`` images of a T1-weighted 3D Dixon scan
+    on a true-axial grid with other spacing, field of view and slice positions; ``dixon_labels``
+    is the truth on that grid.
+    """
+
+    t2: Phantom
+    dixon: dict[str, sitk.Image]
+    dixon_labels: sitk.Image
+
+
+def make_study(seed: int) -> PhantomStudy:
+    """The T2 phantom of ``seed`` (identical to :func:`make_phantom`) plus its Dixon images."""
+    t2, scene = _make(seed, (24, 96, 96), (3.0, 1.25, 1.25), 6.0)
+    rng = np.random.default_rng([seed, 0xD1C5])
+    direction = _rotation(rng.uniform(-1.0, 1.0, size=3))  # planned true axial, near enough
+    shape, spacing = DIXON_SHAPE, DIXON_SPACING
+    extent = np.array(
+        [spacing[2] * (shape[2] - 1), spacing[1] * (shape[1] - 1), spacing[0] * (shape[0] - 1)]
+    )
+    centre = scene.grid_centre + rng.uniform([-6, -6, -5], [6, 6, 5])
+    origin = centre - direction @ (extent / 2)
+    pts = _grid_points(shape, spacing, direction, origin)
+    anatomy = scene.anatomy_on(pts)
+    water, fat = _dixon_components(anatomy, pts, centre, shape, rng)
+    images = {
+        "water": water,
+        "fat": fat,
+        "in_phase": water + fat,
+        "out_phase": np.abs(water - fat),
+    }
+    scale = rng.uniform(700, 1100)
+    sigma = scale * rng.uniform(0.015, 0.025)
+    out = {}
+    for name, signal in images.items():
+        s = np.clip(signal, 0, None) * scale
+        noisy = np.sqrt((s + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
+        arr = np.clip(np.rint(noisy), 0, 4095).astype(np.float32)
+        out[name] = _to_sitk(arr, spacing, origin, direction)
+    labels = _to_sitk(_labels(anatomy).astype(np.uint8), spacing, origin, direction)
+    return PhantomStudy(t2=t2, dixon=out, dixon_labels=labels)
+
+
+def _dixon_components(
+    a: _Anatomy,
+    pts: FloatArray,
+    centre: FloatArray,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> tuple[FloatArray, FloatArray]:
+    """Water and fat signal of a T1-weighted gradient-echo Dixon (relative units, 0-1).
+
+    Fat is bright in the fat image and dark in the water image; urine is dark (long T1); muscle,
+    prostate and rectal wall are intermediate in water with almost no fat.
+    """
+    body = a.soft("body")
+    water = body * 0.06
+    fat = body * rng.uniform(0.8, 0.95)
+
+    def put(member: FloatArray, w: FloatArray | float, f: float) -> None:
+        nonlocal water, fat
+        water = water * (1 - member) + member * w
+        fat = fat * (1 - member) + member * f
+
+    muscle = rng.uniform(0.42, 0.5) * (1 + 0.05 * _smooth_noise(shape, rng, 1.0))
+    put(a.soft("muscle") * body, muscle, 0.03)
+    rect = a.soft("rectum")
+    lum = a.soft("lumen")
+    lumen_value = 0.0 if a.lumen_gas else rng.uniform(0.1, 0.2)
+    put(rect, rng.uniform(0.36, 0.42) * (1 - lum) + lum * lumen_value, 0.02)
+    bl = a.soft("bladder")
+    urine_region = np.clip(
+        _soft(a.fields["bladder"] * (1 + 2.0 / a.scales["bladder"]), a.scales["bladder"]), 0, 1
+    )
+    put(bl, urine_region * rng.uniform(0.1, 0.16) + (bl - urine_region).clip(0) * 0.4, 0.0)
+    gland = rng.uniform(0.3, 0.36) * (1 + 0.06 * _smooth_noise(shape, rng, 1.5))
+    put(a.soft("prostate"), gland, 0.02)
+    bias = _bias_field(pts, centre, rng)
+    return water * bias, fat * bias
 
 
 @dataclass(frozen=True)
@@ -345,8 +472,73 @@ def _ds(value: float) -> str:
     raise ValueError(f"cannot write {value} as a DICOM DS")
 
 
+@dataclass(frozen=True)
+class MRAcquisition:
+    """Sequence attributes written into each instance of a series."""
+
+    image_type: tuple[str, ...]
+    scanning_sequence: str
+    sequence_name: str
+    acquisition_type: str
+    repetition_time: float
+    echo_time: float
+    echo_train_length: int
+
+
+T2_TSE = MRAcquisition(("ORIGINAL", "PRIMARY", "OTHER"), "SE", "tse2d1_25", "2D", 5000, 104, 25)
+
+
+def _dixon(kind: str, echo_time: float) -> MRAcquisition:
+    return MRAcquisition(
+        ("DERIVED", "PRIMARY", "DIXON", kind), "GR", "*fl3d2", "3D", 7.0, echo_time, 1
+    )
+
+
+# Series of a phantom study as a clinic's scanner sends them: (number, description, image key,
+# acquisition). The Dixon water image is derived from the in- and opposed-phase echoes.
+STUDY_SERIES = (
+    (4, "t2_tse_tra", "t2", T2_TSE),
+    (5, "t1_vibe_dixon_tra_in", "in_phase", _dixon("IN_PHASE", 2.46)),
+    (6, "t1_vibe_dixon_tra_opp", "out_phase", _dixon("OPP_PHASE", 1.23)),
+    (7, "t1_vibe_dixon_tra_W", "water", _dixon("WATER", 2.46)),
+)
+
+
+def write_study(
+    study: PhantomStudy,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    series: tuple[str, ...] = ("t2", "in_phase", "out_phase", "water"),
+    patient_name: str = "PHANTOM^PELVIS",
+    patient_id: str = "PHANTOM-0001",
+) -> dict[str, SeriesInfo]:
+    """Write the named series of ``study`` (keys of :data:`STUDY_SERIES`) into
+    ``out_dir/<key>/``: one study, one frame of reference, one series each."""
+    rng = np.random.default_rng([seed, 0x57D])
+    study_uid, frame_uid = _uid(rng), _uid(rng)
+    written = {}
+    for number, description, key, acq in STUDY_SERIES:
+        if key not in series:
+            continue
+        image = study.t2.image if key == "t2" else study.dixon[key]
+        written[key] = write_dicom_series(
+            image,
+            out_dir / key,
+            study_uid=study_uid,
+            frame_of_reference_uid=frame_uid,
+            series_description=description,
+            series_number=number,
+            patient_name=patient_name,
+            patient_id=patient_id,
+            seed=seed * 10 + number,
+            acquisition=acq,
+        )
+    return written
+
+
 def write_dicom_series(
-    phantom: Phantom,
+    phantom: Phantom | sitk.Image,
     out_dir: Path,
     *,
     study_uid: str | None = None,
@@ -357,13 +549,15 @@ def write_dicom_series(
     patient_name: str = "PHANTOM^PELVIS",
     patient_id: str = "PHANTOM-0001",
     seed: int = 0,
+    acquisition: MRAcquisition | None = None,
 ) -> SeriesInfo:
-    """Write ``phantom.image`` as an MR Image Storage series, one file per slice.
+    """Write ``phantom.image`` (or an image) as an MR Image Storage series, one file per slice.
 
     Slice ``k`` of the array (z, y, x) becomes instance ``k + 1`` at
     ``origin + k * spacing_z * normal``, so a reader that sorts slices along
     ``cross(row, column)`` rebuilds the phantom's grid and values exactly. UIDs not given are
-    derived from ``seed``; files are named ``MR_<instance>.dcm``.
+    derived from ``seed``; files are named ``MR_<instance>.dcm``. ``acquisition`` sets the
+    sequence attributes (default: a 2D T2 TSE).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
@@ -374,7 +568,8 @@ def write_dicom_series(
     frame_of_reference_uid = frame_of_reference_uid or _uid(rng)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    img = phantom.image
+    acq = acquisition or T2_TSE
+    img = phantom.image if isinstance(phantom, Phantom) else phantom
     arr = sitk.GetArrayFromImage(img)
     stored, slope, intercept = _to_uint16(arr)
     direction = np.array(img.GetDirection()).reshape(3, 3)
@@ -392,7 +587,7 @@ def write_dicom_series(
         position = origin + k * sz * normal
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+        ds.ImageType = list(acq.image_type)
         ds.SOPClassUID = MR_IMAGE_STORAGE
         ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = now.strftime("%Y%m%d")
@@ -410,22 +605,22 @@ def write_dicom_series(
         ds.PatientBirthDate = ""
         ds.PatientSex = "M"
         ds.BodyPartExamined = "PROSTATE"
-        ds.ScanningSequence = "SE"
+        ds.ScanningSequence = acq.scanning_sequence
         ds.SequenceVariant = ["SK", "SP"]
         ds.ScanOptions = ""
-        ds.MRAcquisitionType = "2D"
-        ds.SequenceName = "tse2d1_25"
+        ds.MRAcquisitionType = acq.acquisition_type
+        ds.SequenceName = acq.sequence_name
         ds.AngioFlag = "N"
         ds.SliceThickness = _ds(sz)
-        ds.RepetitionTime = "5000"
-        ds.EchoTime = "104"
+        ds.RepetitionTime = _ds(acq.repetition_time)
+        ds.EchoTime = _ds(acq.echo_time)
         ds.NumberOfAverages = "3"
         ds.ImagingFrequency = "123.2"
         ds.ImagedNucleus = "1H"
         ds.EchoNumbers = "1"
         ds.MagneticFieldStrength = "3"
         ds.SpacingBetweenSlices = _ds(sz)
-        ds.EchoTrainLength = "25"
+        ds.EchoTrainLength = str(acq.echo_train_length)
         ds.PatientPosition = "HFS"
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid

@@ -22,8 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway import assembly, routing
-from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, PeerUnavailable, PermanentError, RetriableError
+from gateway.config import GatewayConfig, ModelSpec
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    PeerUnavailable,
+    PermanentError,
+    RetriableError,
+)
 from gateway.store import (
     TERMINAL,
     DeliveryState,
@@ -35,6 +41,13 @@ from gateway.store import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def imaging_grid(image: Any) -> Any:
+    """The :class:`gateway.segment.Grid` of a SimpleITK image (imported lazily)."""
+    from gateway.segment.base import Grid
+
+    return Grid.of(image)
 
 
 class Dispatcher(Protocol):
@@ -116,32 +129,46 @@ class Pipeline:
             if last.created_at >= study.last_received_at:
                 return  # nothing new since that job
             last = None
-        job = last or self.store.create_job(study_uid, rule.name, rule.model, now)
-        model = self.cfg.models[rule.model]
-        decision = assembly.decide(
-            model, study, opened_at=job.created_at, now=now, cfg=self.cfg.assembly
+        job = last or self.store.create_job(study_uid, rule.name, ",".join(rule.models), now)
+        models = [self.cfg.models[m] for m in rule.models]
+        decision = assembly.decide_rule(
+            models, study, opened_at=job.created_at, now=now, cfg=self.cfg.assembly
         )
-        if isinstance(decision, assembly.Ready):
-            self.store.update_job(
-                job.id,
-                state=JobState.QUEUED,
-                reason="",
-                stage="ready",
-                now=now,
-                input_series=[s.series_uid for s in decision.series],
-            )
-            log.info(
-                "job %d study %s: inputs complete, queued for %s", job.id, study_uid, model.name
-            )
-            self.dispatch.run_job(job.id)
-        elif isinstance(decision, assembly.Waiting):
-            self.store.update_job(job.id, reason=decision.reason)
-            self.dispatch.check_study(study_uid, delay=max(0.5, decision.recheck_at - now))
-        else:
-            self.store.update_job(
-                job.id, state=JobState.FAILED, reason=decision.reason, stage="failed"
-            )
-            log.warning("job %d study %s failed: %s", job.id, study_uid, decision.reason)
+        if decision.waiting is not None:
+            self.store.update_job(job.id, reason=decision.waiting.reason)
+            self.dispatch.check_study(study_uid, delay=max(0.5, decision.waiting.recheck_at - now))
+            return
+        refused = "; ".join(f"{m}: {r}" for m, r in decision.failed.items())
+        if not decision.ready:
+            self.store.update_job(job.id, state=JobState.FAILED, reason=refused, stage="failed")
+            log.warning("job %d study %s failed: %s", job.id, study_uid, refused)
+            return
+        plan = {
+            name: [s.series_uid for s in ready.series] for name, ready in decision.ready.items()
+        }
+        series_used = list(dict.fromkeys(uid for uids in plan.values() for uid in uids))
+        self.store.update_job(
+            job.id,
+            state=JobState.QUEUED,
+            reason=refused,
+            stage="ready",
+            now=now,
+            input_series=series_used,
+            results={
+                "plan": plan,
+                "models": {
+                    m: {"state": "refused", "reason": r} for m, r in decision.failed.items()
+                },
+            },
+        )
+        log.info(
+            "job %d study %s: inputs complete, queued for %s%s",
+            job.id,
+            study_uid,
+            ", ".join(plan),
+            f" (not run: {', '.join(decision.failed)})" if decision.failed else "",
+        )
+        self.dispatch.run_job(job.id)
 
     # -- segment + RTSTRUCT ----------------------------------------------------------------------
 
@@ -169,46 +196,86 @@ class Pipeline:
         return [Path(p) for p in series.paths.values()]  # read_series sorts along the normal
 
     def _run(self, job_id: int) -> None:
-        import SimpleITK as sitk
-
         from gateway import imaging, rtstruct
+        from gateway.structures import plan_structures
 
         job = self.store.job(job_id)
         assert job is not None
         study = self.store.study(job.study_uid)
         assert study is not None
-        model = self.cfg.models[job.model]
-        volumes = [imaging.read_series(self._series_paths(study, uid)) for uid in job.input_series]
-        primary = volumes[0]
-        channels = [primary.image] + [
-            imaging.resample_to(v.image, primary.image) for v in volumes[1:]
-        ]
-        arrays = [sitk.GetArrayFromImage(c).astype(np.float32) for c in channels]
-        sx, sy, sz = primary.image.GetSpacing()
-        self.store.update_job(job_id, stage="volume")
+        rule = next(r for r in self.cfg.rules if r.name == job.rule)
+        plan: dict[str, list[str]] = dict(job.results.get("plan") or {})
+        if not plan:  # a job queued before multi-model plans: its one model, its input series
+            plan = {job.model: list(job.input_series)}
+        outcomes: dict[str, dict[str, Any]] = dict(job.results.get("models") or {})
+        volumes: dict[str, imaging.Volume] = {}
 
-        segmenter = self.segmenters.get(model)
-        label_map = segmenter.predict(arrays, (sz, sy, sx))
+        def volume(series_uid: str) -> imaging.Volume:
+            if series_uid not in volumes:
+                volumes[series_uid] = imaging.read_series(self._series_paths(study, series_uid))
+            return volumes[series_uid]
+
+        # Models run one after another (each kept warm by the segmenter cache).
+        reference: imaging.Volume | None = None
+        label_maps: dict[str, np.ndarray] = {}
+        for name, series_uids in plan.items():
+            model = self.cfg.models[name]
+            t0 = time.perf_counter()
+            try:
+                primary, arrays = self._inputs(model, [volume(u) for u in series_uids])
+                t1 = time.perf_counter()
+                label_map = self.segmenters.get(model).predict(arrays, imaging_grid(primary.image))
+                t2 = time.perf_counter()
+                if reference is None:
+                    reference = primary
+                label_maps[name] = self._onto(label_map, primary, reference, name)
+            except PermanentError as exc:
+                outcomes[name] = {"state": "failed", "reason": str(exc)}
+                log.warning("job %d: model %s failed: %s", job_id, name, exc)
+                continue
+            outcomes[name] = {
+                "state": "done",
+                "version": model.version,
+                "weights_sha256": model.weights_sha256,
+                "input_series": series_uids,
+                "volume_s": round(t1 - t0, 3),
+                "segment_s": round(t2 - t1, 3),
+            }
         self.store.update_job(job_id, stage="segment")
+        not_run = {m: o["reason"] for m, o in outcomes.items() if o["state"] != "done"}
+        partial = "; ".join(f"{m}: {r}" for m, r in not_run.items())
+        if reference is None:
+            raise PermanentError(partial or "no model produced a result")
 
-        provenance = rtstruct.Provenance(model.name, model.version, model.weights_sha256)
-        ds = rtstruct.build_rtstruct(
-            primary,
-            label_map,
-            model.labels,
-            provenance,
-            self.cfg.rtstruct,
-            input_series_uids=job.input_series,
+        t0 = time.perf_counter()
+        planned = plan_structures(rule, self.cfg.models, self.cfg.roi_names, available=label_maps)
+        structures = [
+            rtstruct.Structure(
+                label_maps[p.model] == p.label,
+                p.roi,
+                rtstruct.Provenance(
+                    p.model,
+                    self.cfg.models[p.model].version,
+                    self.cfg.models[p.model].weights_sha256,
+                ),
+            )
+            for p in planned
+        ]
+        used = [u for m in label_maps for u in plan[m]]
+        ds = rtstruct.build_structure_set(
+            reference, structures, self.cfg.rtstruct, input_series_uids=list(dict.fromkeys(used))
         )
         out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
         rtstruct.write_dataset(ds, out)
+        spacing = reference.image.GetSpacing()
         rois = [
             {
-                "name": spec.name,
-                "label": int(label),
-                "volume_cc": round(imaging.volume_cc(label_map == label, (sx, sy, sz)), 2),
+                "name": st.roi.name,
+                "model": st.provenance.model_name,
+                "model_version": st.provenance.model_version,
+                "volume_cc": round(imaging.volume_cc(st.mask, spacing), 2),
             }
-            for label, spec in sorted(model.labels.items())
+            for st in structures
         ]
         self.store.update_job(
             job_id,
@@ -216,24 +283,66 @@ class Pipeline:
             rtstruct_uid=str(ds.SOPInstanceUID),
             rtstruct_path=str(out),
             results={
+                **job.results,
                 "rois": rois,
-                "model": model.name,
-                "model_version": model.version,
-                "weights_sha256": model.weights_sha256,
+                "models": outcomes,
+                "reference_series": reference.series_instance_uid,
+                "merge_s": round(time.perf_counter() - t0, 3),
+                "partial": partial,
             },
         )
-        rule = next(r for r in self.cfg.rules if r.name == job.rule)
         ids = self.store.create_deliveries(job_id, rule.destinations)
-        self.store.update_job(job_id, state=JobState.DELIVERING, reason="")
+        self.store.update_job(job_id, state=JobState.DELIVERING, reason=partial)
         log.info(
-            "job %d study %s: RTSTRUCT %s built, delivering to %d destination(s)",
+            "job %d study %s: RTSTRUCT %s built (%d ROIs from %s), delivering to %d destination(s)",
             job_id,
             job.study_uid,
             ds.SOPInstanceUID,
+            len(structures),
+            ", ".join(label_maps),
             len(ids),
         )
         for delivery_id in ids:
             self.dispatch.deliver(delivery_id)
+
+    @staticmethod
+    def _inputs(model: ModelSpec, volumes: Sequence[Any]) -> tuple[Any, list[np.ndarray]]:
+        """The primary volume and every channel as float32 (z, y, x) on the primary grid: the
+        other channels resampled in physical space (linear), outside their volume 0."""
+        import SimpleITK as sitk
+
+        from gateway import imaging
+
+        primary = volumes[model.primary_index]
+        frame = primary.frame_of_reference_uid
+        arrays = []
+        for channel, vol in zip(model.inputs, volumes, strict=True):
+            if vol.frame_of_reference_uid != frame:
+                raise InvalidInput(
+                    f"input '{channel.name}' is in another frame of reference than the primary"
+                )
+            image = vol.image if vol is primary else imaging.resample_to(vol.image, primary.image)
+            arrays.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+        return primary, arrays
+
+    @staticmethod
+    def _onto(label_map: np.ndarray, primary: Any, reference: Any, model: str) -> np.ndarray:
+        """A model's label map on the reference series (nearest neighbour when the model ran on
+        another series of the same frame of reference)."""
+        if primary is reference or primary.series_instance_uid == reference.series_instance_uid:
+            return label_map
+        import SimpleITK as sitk
+
+        from gateway import imaging
+
+        if primary.frame_of_reference_uid != reference.frame_of_reference_uid:
+            raise InvalidInput(
+                f"model {model} ran on a series in another frame of reference than the "
+                "structure set's reference series"
+            )
+        image = imaging_grid(primary.image).to_image(label_map)
+        moved = imaging.resample_to(image, reference.image, interpolator="nearest")
+        return sitk.GetArrayFromImage(moved)
 
     # -- send ------------------------------------------------------------------------------------
 
@@ -324,7 +433,9 @@ class Pipeline:
         if states & {DeliveryState.PENDING.value, DeliveryState.SENDING.value}:
             return
         if states == {DeliveryState.DELIVERED.value}:
-            self.store.update_job(job_id, state=JobState.DONE, reason="", stage="delivered")
+            job = self.store.job(job_id)
+            partial = str(job.results.get("partial", "")) if job is not None else ""
+            self.store.update_job(job_id, state=JobState.DONE, reason=partial, stage="delivered")
         else:
             failed = [
                 f"{d.destination}: {d.last_status}"

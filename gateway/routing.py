@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.config import InputChannel, RuleConfig, SeriesSelector
+from gateway.config import Condition, InputChannel, Range, RuleConfig, SeriesSelector
 from gateway.store import SeriesInfo, StudyInfo
 
 
@@ -22,13 +22,28 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def series_matches(selector: SeriesSelector, attributes: Mapping[str, Any]) -> bool:
-    """True when every keyword condition of ``selector`` holds for ``attributes``."""
-    for keyword, pattern in selector.keywords.items():
-        value = attributes.get(keyword)
-        if value is None or not re.search(pattern, _as_text(value)):
+def condition_holds(condition: Condition, value: Any) -> bool:
+    """One selector condition (regex, items contained, numeric range) on one attribute value."""
+    if value is None or value == "":
+        return False
+    if isinstance(condition, str):
+        return re.search(condition, _as_text(value)) is not None
+    if isinstance(condition, Range):
+        try:
+            return condition.contains(float(value))
+        except (TypeError, ValueError):
             return False
-    return True
+    items = value if isinstance(value, list | tuple) else str(value).split("\\")
+    have = {str(v).strip().upper() for v in items}
+    return all(c.strip().upper() in have for c in condition)
+
+
+def series_matches(selector: SeriesSelector, attributes: Mapping[str, Any]) -> bool:
+    """True when every condition of ``selector`` holds for ``attributes``."""
+    return all(
+        condition_holds(condition, attributes.get(keyword))
+        for keyword, condition in selector.conditions.items()
+    )
 
 
 def rule_matches(rule: RuleConfig, study: StudyInfo) -> bool:
@@ -49,7 +64,8 @@ def route(rules: Iterable[RuleConfig], study: StudyInfo) -> RuleConfig | None:
 
 def select_series(channel: InputChannel, series: Sequence[SeriesInfo]) -> SeriesInfo | None:
     """The series feeding ``channel``: among matches, the highest SeriesNumber wins (a repeat
-    scan has a higher number), then the most recently received. Deterministic for a given input."""
+    scan has a higher number), then the most recently received, then the highest Series
+    Instance UID. Deterministic for a given input."""
     candidates = [s for s in series if series_matches(channel.select, s.attributes)]
     if not candidates:
         return None

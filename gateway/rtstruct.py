@@ -191,12 +191,15 @@ def _copy_from_source(ds: Dataset, source: Dataset) -> None:
             delattr(ds, keyword)
 
 
-def _description(provenance: Provenance, skipped: Sequence[str]) -> str:
+def _description(provenances: Sequence[Provenance], skipped: Sequence[str]) -> str:
+    models = "; ".join(
+        f"model {p.model_name} version {p.model_version}, "
+        f"weights SHA-256 {p.weights_sha256 or 'unknown'}"
+        for p in provenances
+    )
     text = (
-        f"AI-generated contours, not reviewed: review and approve before clinical use. "
-        f"Model {provenance.model_name} version {provenance.model_version}, "
-        f"weights SHA-256 {provenance.weights_sha256 or 'unknown'}; "
-        f"AIRCON {gateway_version()}."
+        "AI-generated contours, not reviewed: review and approve before clinical use. "
+        f"{models[0].upper()}{models[1:]}; AIRCON {gateway_version()}."
     )
     if skipped:
         text += f" No voxels, not included: {', '.join(skipped)}."
@@ -217,7 +220,7 @@ def _contributing_equipment(provenance: Provenance, cfg: RtstructConfig, when: s
     item.ContributionDescription = (
         f"Automatic segmentation by {provenance.model_name} {provenance.model_version}, "
         f"weights SHA-256 {provenance.weights_sha256 or 'unknown'}"
-    )
+    )[:1024]
     return item
 
 
@@ -239,10 +242,16 @@ def _roi_items(
 
 
 def rtstruct_uids(
-    cfg: RtstructConfig, study_uid: str, input_series_uids: Sequence[str], provenance: Provenance
+    cfg: RtstructConfig,
+    study_uid: str,
+    input_series_uids: Sequence[str],
+    provenance: Provenance | Sequence[Provenance],
 ) -> tuple[str, str]:
-    """Deterministic (SOPInstanceUID, SeriesInstanceUID) for one model run on one input."""
-    parts = (study_uid, *sorted(input_series_uids), provenance.model_name, provenance.model_version)
+    """Deterministic (SOPInstanceUID, SeriesInstanceUID) for one structure set: the same study,
+    input series and models (names and versions) always give the same UIDs."""
+    provenances = [provenance] if isinstance(provenance, Provenance) else list(provenance)
+    models = sorted((p.model_name, p.model_version) for p in provenances)
+    parts = (study_uid, *sorted(input_series_uids), *(x for m in models for x in m))
     return (
         derive_uid(cfg.uid_root, "rtstruct", *parts),
         derive_uid(cfg.uid_root, "rtstruct-series", *parts),
@@ -251,6 +260,16 @@ def rtstruct_uids(
 
 # ---------------------------------------------------------------------------------------------
 # The builder
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One ROI of a structure set: its voxels on the referenced series' grid (bool ``(z, y,
+    x)``), its clinic name, colour and type, and the model that made it."""
+
+    mask: np.ndarray
+    roi: RoiSpec
+    provenance: Provenance
 
 
 def build_rtstruct(
@@ -263,26 +282,51 @@ def build_rtstruct(
     input_series_uids: Sequence[str],
     now: datetime | None = None,
 ) -> Dataset:
-    """Build an RT Structure Set for ``label_map`` on ``volume``'s series.
+    """Build an RT Structure Set for one model's ``label_map`` on ``volume``'s series.
 
     ``label_map`` is an integer array ``(z, y, x)``, the same shape and order as
     ``sitk.GetArrayFromImage(volume.image)``; ``rois`` maps label values to ROI specs (other
-    values are ignored). ROIs without voxels are left out (logged and named in
-    StructureSetDescription); :class:`ModelError` is raised when no ROI has any voxel.
-    ``input_series_uids`` are all series the model read (they determine the UIDs with the
-    Study UID and the model name and version). The result has ``file_meta`` set.
+    values are ignored). See :func:`build_structure_set`.
+    """
+    structures = [
+        Structure(label_map == label, spec, provenance) for label, spec in sorted(rois.items())
+    ]
+    return build_structure_set(
+        volume, structures, cfg, input_series_uids=input_series_uids, now=now
+    )
+
+
+def build_structure_set(
+    volume: Volume,
+    structures: Sequence[Structure],
+    cfg: RtstructConfig,
+    *,
+    input_series_uids: Sequence[str],
+    now: datetime | None = None,
+) -> Dataset:
+    """Build one RT Structure Set holding ``structures`` (from one or several models) on
+    ``volume``'s series.
+
+    Each mask is a boolean array of the shape of ``sitk.GetArrayFromImage(volume.image)``. Each
+    ROI's ROIGenerationDescription names its model and version; every model appears in
+    ContributingEquipmentSequence and StructureSetDescription. ROIs without voxels are left out
+    (logged and named in StructureSetDescription); :class:`ModelError` is raised when no ROI has
+    any voxel. ``input_series_uids`` are all series the models read (they determine the UIDs
+    with the Study UID and the models' names and versions). The result has ``file_meta`` set.
     """
     datasets = volume.datasets
     expected = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
-    if label_map.shape != expected:
-        raise ValueError(f"label map shape {label_map.shape} differs from the volume {expected}")
+    for st in structures:
+        if st.mask.shape != expected:
+            raise ValueError(f"label map shape {st.mask.shape} differs from the volume {expected}")
     when = now or datetime.now()
     study_uid = volume.study_instance_uid
     frame_uid = volume.frame_of_reference_uid
+    provenances = list(dict.fromkeys(st.provenance for st in structures))
 
     ds = _scaffold(datasets)
     _copy_from_source(ds, datasets[0])
-    sop_uid, series_uid = rtstruct_uids(cfg, study_uid, input_series_uids, provenance)
+    sop_uid, series_uid = rtstruct_uids(cfg, study_uid, input_series_uids, provenances)
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid
@@ -302,25 +346,25 @@ def build_rtstruct(
     ds.StructureSetLabel = cfg.structure_set_label
     ds.StructureSetName = cfg.structure_set_label
     ds.ApprovalStatus = "UNAPPROVED"
+    stamp = when.strftime("%Y%m%d%H%M%S")
     ds.ContributingEquipmentSequence = DicomSequence(
-        [_contributing_equipment(provenance, cfg, when.strftime("%Y%m%d%H%M%S"))]
+        [_contributing_equipment(p, cfg, stamp) for p in provenances]
     )
 
     structure_rois: list[Dataset] = []
     contours: list[Dataset] = []
     observations: list[Dataset] = []
     skipped: list[str] = []
-    for label, spec in sorted(rois.items()):
-        mask = label_map == label
-        if not mask.any():
-            skipped.append(spec.name)
+    for st in structures:
+        if not st.mask.any():
+            skipped.append(st.roi.name)
             continue
         number = len(structure_rois) + 1
-        roi, observation = _roi_items(number, spec, frame_uid, provenance)
+        roi, observation = _roi_items(number, st.roi, frame_uid, st.provenance)
         roi_contour = Dataset()
         roi_contour.ReferencedROINumber = number
-        roi_contour.ROIDisplayColor = list(spec.color)
-        roi_contour.ContourSequence = DicomSequence(contour_items(mask, datasets))
+        roi_contour.ROIDisplayColor = list(st.roi.color)
+        roi_contour.ContourSequence = DicomSequence(contour_items(st.mask, datasets))
         structure_rois.append(roi)
         contours.append(roi_contour)
         observations.append(observation)
@@ -328,7 +372,7 @@ def build_rtstruct(
         logger.warning("study %s: ROIs without voxels left out: %s", study_uid, ", ".join(skipped))
     if not structure_rois:
         raise ModelError(f"study {study_uid}: the label map holds no voxel of any ROI")
-    ds.StructureSetDescription = _description(provenance, skipped)
+    ds.StructureSetDescription = _description(provenances, skipped)[:1024]
     ds.StructureSetROISequence = DicomSequence(structure_rois)
     ds.ROIContourSequence = DicomSequence(contours)
     ds.RTROIObservationsSequence = DicomSequence(observations)

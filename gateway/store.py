@@ -88,7 +88,7 @@ class JobRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     rule: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))  # the rule's models, comma-separated
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     input_series: Mapped[list[str]] = mapped_column(JSON, default=list)

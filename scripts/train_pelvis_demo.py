@@ -1,4 +1,7 @@
-"""Train the pelvis-demo nnU-Net v2 model from scratch on synthetic phantoms.
+"""Train a demo nnU-Net v2 model from scratch on synthetic phantoms.
+
+Two models: ``pelvis-demo`` (one channel: T2) and ``pelvis-dixon-demo`` (two channels: T2 and
+the Dixon water image resampled onto the T2 grid, as the gateway does at inference).
 
 DEMONSTRATION ONLY: the model sees nothing but :mod:`gateway.phantom` volumes and is not fit
 for clinical use. It exists so that the gateway can be run end to end with a real nnU-Net.
@@ -12,6 +15,8 @@ own :class:`gateway.segment.NnUNetSegmenter`.
 Full run (about 10 min on 2 CPU cores)::
 
     python scripts/train_pelvis_demo.py
+
+    python scripts/train_pelvis_demo.py --model pelvis-dixon-demo
 
 Quick run for CI (a loadable but untrained-looking model)::
 
@@ -40,46 +45,105 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gateway.phantom import LABEL_NAMES, dice_scores, make_phantom  # noqa: E402
+from gateway.imaging import resample_to  # noqa: E402
+from gateway.phantom import LABEL_NAMES, dice_scores, make_phantom, make_study  # noqa: E402
 
 logger = logging.getLogger("train_pelvis_demo")
 
-DATASET_ID = 901
-DATASET_NAME = f"Dataset{DATASET_ID:03d}_PelvisPhantom"
 CONFIGURATION = "3d_fullres"
 FOLD = "all"
 HELD_OUT_SEED_BASE = 1_000_000  # evaluation phantoms; training seeds stay below it
 FEATURES = (4, 8, 16, 32)
 
-MODEL_YAML: dict[str, Any] = {
-    "name": "pelvis-demo",
-    "kind": "nnunet",
-    "version": "1.0.0",
-    "description": (
-        "DEMONSTRATION MODEL trained only on synthetic pelvis MR phantoms "
-        "(gateway.phantom, scripts/train_pelvis_demo.py). NOT FOR CLINICAL USE: it has never "
-        "seen a patient image and its contours on real data are meaningless."
-    ),
-    "nnunet": {
-        "folder": "nnunet",
-        "configuration": CONFIGURATION,
-        "folds": [FOLD],
-        "checkpoint": "checkpoint_final.pth",
-        "use_mirroring": False,
-        "tile_step_size": 0.5,
+_NOT_CLINICAL = (
+    "NOT FOR CLINICAL USE: it has never seen a patient image and its contours on real data are "
+    "meaningless."
+)
+_LABELS = {
+    1: {"name": "Prostate", "color": [255, 0, 0], "type": "ORGAN"},
+    2: {"name": "Bladder", "color": [255, 255, 0], "type": "ORGAN"},
+    3: {"name": "Rectum", "color": [0, 200, 255], "type": "ORGAN"},
+}
+_NNUNET = {
+    "folder": "nnunet",
+    "configuration": CONFIGURATION,
+    "folds": [FOLD],
+    "checkpoint": "checkpoint_final.pth",
+    "use_mirroring": False,
+    "tile_step_size": 0.5,
+}
+# Intended use: what the phantoms cover (axial-ish T2 of 2.5-4 mm slices over a pelvis FOV).
+_GUARDRAILS = {
+    "modality": ["MR"],
+    "max_oblique_deg": 20,
+    "slice_thickness_mm": [2.0, 4.5],
+    "pixel_spacing_mm": [0.3, 2.0],
+    "slices": [12, 80],
+    "field_of_view_mm": [80, 400],
+}
+_T2 = {
+    "name": "T2",
+    "primary": True,
+    "select": {"Modality": "^MR$", "SeriesDescription": "(?i)t2.*(tra|ax)"},
+}
+_WATER = {
+    "name": "DixonWater",
+    "select": {"Modality": "^MR$", "ImageType": ["DIXON", "WATER"]},
+}
+
+MODELS: dict[str, dict[str, Any]] = {
+    "pelvis-demo": {
+        "dataset_id": 901,
+        "channels": ("t2",),
+        "yaml": {
+            "name": "pelvis-demo",
+            "kind": "nnunet",
+            "version": "1.0.0",
+            "description": (
+                "DEMONSTRATION MODEL trained only on synthetic pelvis MR phantoms "
+                f"(gateway.phantom, scripts/train_pelvis_demo.py). {_NOT_CLINICAL}"
+            ),
+            "nnunet": _NNUNET,
+            "inputs": [_T2],
+            "guardrails": _GUARDRAILS,
+            "labels": _LABELS,
+        },
     },
-    "inputs": [
-        {
-            "name": "T2",
-            "select": {"keywords": {"Modality": "^MR$", "SeriesDescription": "(?i)t2.*(tra|ax)"}},
-        }
-    ],
-    "labels": {
-        1: {"name": "Prostate", "color": [255, 0, 0], "type": "ORGAN"},
-        2: {"name": "Bladder", "color": [255, 255, 0], "type": "ORGAN"},
-        3: {"name": "Rectum", "color": [0, 200, 255], "type": "ORGAN"},
+    "pelvis-dixon-demo": {
+        "dataset_id": 902,
+        "channels": ("t2", "water"),
+        "yaml": {
+            "name": "pelvis-dixon-demo",
+            "kind": "nnunet",
+            "version": "1.0.0",
+            "description": (
+                "DEMONSTRATION MODEL with two inputs (T2 + Dixon water resampled onto the T2 "
+                "grid), trained only on synthetic pelvis MR phantom studies (gateway.phantom."
+                f"make_study, scripts/train_pelvis_demo.py). {_NOT_CLINICAL}"
+            ),
+            "nnunet": _NNUNET,
+            "inputs": [_T2, _WATER],
+            "guardrails": _GUARDRAILS,
+            "labels": _LABELS,
+        },
     },
 }
+
+
+def dataset_name(dataset_id: int) -> str:
+    return f"Dataset{dataset_id:03d}_PelvisPhantom"
+
+
+def case_channels(seed: int, channels: tuple[str, ...]) -> tuple[list[sitk.Image], sitk.Image]:
+    """The model inputs of one phantom case, all on the T2 grid, and the truth there."""
+    if channels == ("t2",):
+        ph = make_phantom(seed)
+        return [ph.image], ph.labels
+    study = make_study(seed)
+    images = [study.t2.image]
+    for name in channels[1:]:
+        images.append(resample_to(study.dixon[name], study.t2.image))
+    return images, study.t2.labels
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,13 +154,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-cases", type=int, default=5, help="held-out phantoms to evaluate")
     p.add_argument("--seed", type=int, default=0, help="training phantoms use seed*1000 + i")
     p.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate")
-    p.add_argument("--out", type=Path, default=REPO / "models" / "pelvis-demo")
+    p.add_argument("--model", choices=sorted(MODELS), default="pelvis-demo")
+    p.add_argument("--out", type=Path, default=None, help="default: models/<model>")
     p.add_argument("--work", type=Path, default=None, help="keep nnU-Net folders here")
     args = p.parse_args(argv)
     if args.train_cases < 2 or args.epochs < 1 or args.iterations < 1:
         p.error("need at least 2 training cases, 1 epoch and 1 iteration")
     if args.seed < 0 or args.seed * 1000 + args.train_cases > HELD_OUT_SEED_BASE:
         p.error("training seeds would overlap the held-out seeds")
+    if args.out is None:
+        args.out = REPO / "models" / args.model
     return args
 
 
@@ -120,29 +187,32 @@ def seed_everything(seed: int) -> None:
 # nnU-Net steps
 
 
-def write_raw_dataset(raw_dir: Path, seeds: list[int]) -> None:
+def write_raw_dataset(raw_dir: Path, seeds: list[int], model: dict[str, Any]) -> None:
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     images, labels = raw_dir / "imagesTr", raw_dir / "labelsTr"
     images.mkdir(parents=True)
     labels.mkdir()
     for s in seeds:
-        ph = make_phantom(s)
-        sitk.WriteImage(ph.image, str(images / f"phantom_{s:07d}_0000.nii.gz"))
-        sitk.WriteImage(ph.labels, str(labels / f"phantom_{s:07d}.nii.gz"))
+        channels, truth = case_channels(s, model["channels"])
+        for c, image in enumerate(channels):
+            sitk.WriteImage(image, str(images / f"phantom_{s:07d}_{c:04d}.nii.gz"))
+        sitk.WriteImage(truth, str(labels / f"phantom_{s:07d}.nii.gz"))
     generate_dataset_json(
         str(raw_dir),
-        channel_names={0: "T2"},
+        channel_names={i: ch["name"] for i, ch in enumerate(model["yaml"]["inputs"])},
         labels={"background": 0, **{name: v for v, name in LABEL_NAMES.items()}},
         num_training_cases=len(seeds),
         file_ending=".nii.gz",
-        dataset_name=DATASET_NAME,
+        dataset_name=raw_dir.name,
         description="Synthetic pelvis MR phantoms (gateway.phantom). Not patient data.",
         license="Apache-2.0",
     )
 
 
-def plan_and_preprocess(preprocessed: Path, image_shape: tuple[int, int, int]) -> None:
+def plan_and_preprocess(
+    preprocessed: Path, image_shape: tuple[int, int, int], dataset_id: int
+) -> None:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
         DatasetFingerprintExtractor,
     )
@@ -156,19 +226,19 @@ def plan_and_preprocess(preprocessed: Path, image_shape: tuple[int, int, int]) -
     )
 
     extract_fingerprint_dataset(
-        DATASET_ID,
+        dataset_id,
         DatasetFingerprintExtractor,
         num_processes=1,
         verbose=False,
         show_progress_bar=False,
     )
-    plan_experiment_dataset(DATASET_ID, ExperimentPlanner)
+    plan_experiment_dataset(dataset_id, ExperimentPlanner)
     os.environ["nnUNet_n_proc_DA"] = "1"  # one augmentation worker: 2.5x faster than none
-    plans_file = preprocessed / DATASET_NAME / "nnUNetPlans.json"
+    plans_file = preprocessed / dataset_name(dataset_id) / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
     plans_file.write_text(json.dumps(shrink_plans(plans, image_shape), indent=2))
     preprocess_dataset(
-        DATASET_ID,
+        dataset_id,
         configurations=(CONFIGURATION,),
         num_processes=(1,),
         verbose=False,
@@ -224,7 +294,7 @@ def make_trainer(preprocessed: Path, args: argparse.Namespace) -> Any:
                     loader.seeds = [args.seed + offset] * len(loader.seeds)
             return loaders
 
-    folder = preprocessed / DATASET_NAME
+    folder = preprocessed / dataset_name(MODELS[args.model]["dataset_id"])
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -262,10 +332,12 @@ def strip_checkpoint(src: Path, dst: Path) -> None:
     torch.save(out, dst)
 
 
-def export_model(results_dir: Path, out: Path, provenance: dict[str, Any]) -> None:
+def export_model(
+    results_dir: Path, out: Path, provenance: dict[str, Any], model_yaml: dict[str, Any]
+) -> None:
     """Write ``out/nnunet`` and ``out/model.yaml``, replacing an earlier export."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pelvis-demo-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     nnunet_dir = staging / "nnunet"
     nnunet_dir.mkdir()
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
@@ -276,7 +348,7 @@ def export_model(results_dir: Path, out: Path, provenance: dict[str, Any]) -> No
     )
     (staging / "model.yaml").write_text(
         "# Written by scripts/train_pelvis_demo.py. DEMONSTRATION MODEL, NOT FOR CLINICAL USE.\n"
-        + yaml.safe_dump(MODEL_YAML, sort_keys=False, width=100, default_flow_style=None)
+        + yaml.safe_dump(model_yaml, sort_keys=False, width=100, default_flow_style=None)
     )
     (staging / "training.json").write_text(json.dumps(provenance, indent=2) + "\n")
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +362,7 @@ def export_model(results_dir: Path, out: Path, provenance: dict[str, Any]) -> No
     shutil.rmtree(staging)
 
 
-def evaluate(out: Path, seeds: list[int]) -> dict[str, list[float]]:
+def evaluate(out: Path, seeds: list[int], channels: tuple[str, ...]) -> dict[str, list[float]]:
     """Dice per ROI name over held-out phantoms, through the gateway's own segmenter."""
     from gateway.config import SegmentationConfig, load_model
     from gateway.segment import NnUNetSegmenter
@@ -300,13 +372,13 @@ def evaluate(out: Path, seeds: list[int]) -> dict[str, list[float]]:
     segmenter.warm_up()
     scores: dict[str, list[float]] = {roi.name: [] for roi in spec.labels.values()}
     for s in seeds:
-        ph = make_phantom(s)
-        image = sitk.GetArrayFromImage(ph.image)
-        spacing = tuple(reversed(ph.image.GetSpacing()))
+        images, truth = case_channels(s, channels)
+        arrays = [sitk.GetArrayFromImage(i).astype(np.float32) for i in images]
+        spacing = tuple(reversed(images[0].GetSpacing()))
         start = time.perf_counter()
-        pred = segmenter.predict([image], spacing)  # type: ignore[arg-type]
+        pred = segmenter.predict(arrays, spacing)  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
-        dice = dice_scores(sitk.GetArrayFromImage(ph.labels), pred, tuple(spec.labels))
+        dice = dice_scores(sitk.GetArrayFromImage(truth), pred, tuple(spec.labels))
         for label, value in dice.items():
             scores[spec.labels[label].name].append(value)
         logger.info(
@@ -324,7 +396,8 @@ def evaluate(out: Path, seeds: list[int]) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    work = args.work or Path(tempfile.mkdtemp(prefix="pelvis-demo-"))
+    model = MODELS[args.model]
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
     for d in (raw, pre, res):
         d.mkdir(parents=True, exist_ok=True)
@@ -344,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = training_seeds(args.seed, args.train_cases)
     start = time.perf_counter()
     try:
-        write_raw_dataset(raw / DATASET_NAME, seeds)
+        write_raw_dataset(raw / dataset_name(model["dataset_id"]), seeds, model)
         image_shape = make_phantom(seeds[0]).image.GetSize()[::-1]
-        plan_and_preprocess(pre, image_shape)
+        plan_and_preprocess(pre, image_shape, model["dataset_id"])
         prep_s = time.perf_counter() - start
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         seed_everything(args.seed)
@@ -365,12 +438,12 @@ def main(argv: list[str] | None = None) -> int:
             "nnunetv2": _version("nnunetv2"),
             "torch": torch.__version__,
         }
-        export_model(Path(trainer.output_folder_base), args.out, provenance)
+        export_model(Path(trainer.output_folder_base), args.out, provenance, model["yaml"])
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     eval_seeds = held_out_seeds(args.eval_cases)
-    scores = evaluate(args.out, eval_seeds)
+    scores = evaluate(args.out, eval_seeds, model["channels"])
     summary = {name: round(float(np.mean(v)), 4) for name, v in scores.items()}
     provenance["held_out_seeds"] = eval_seeds
     provenance["held_out_mean_dice"] = summary

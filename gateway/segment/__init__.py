@@ -1,7 +1,8 @@
 """Segmentation: the :class:`Segmenter` seam and a per-process cache of warm models.
 
 Importing this package does not import torch or nnU-Net; :class:`NnUNetSegmenter` does that on
-first use.
+first use. Model kinds: ``nnunet`` (:class:`NnUNetSegmenter`), ``command`` and ``python``
+(:mod:`gateway.segment.external`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from gateway.config import ModelSpec, SegmentationConfig
+from gateway.segment.base import Grid
+from gateway.segment.external import CommandSegmenter, PythonSegmenter
 from gateway.segment.nnunet import NnUNetSegmenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NnUNetSegmenter", "Segmenter", "SegmenterCache"]
+__all__ = [
+    "CommandSegmenter",
+    "Grid",
+    "NnUNetSegmenter",
+    "PythonSegmenter",
+    "Segmenter",
+    "SegmenterCache",
+    "make_segmenter",
+]
 
 
 @runtime_checkable
@@ -41,7 +52,7 @@ class Segmenter(Protocol):
     """
 
     def predict(
-        self, channels: Sequence[np.ndarray], spacing_zyx: tuple[float, float, float]
+        self, channels: Sequence[np.ndarray], grid: Grid | Sequence[float]
     ) -> np.ndarray: ...
 
     def warm_up(self) -> None:
@@ -52,15 +63,23 @@ class Segmenter(Protocol):
 SegmenterFactory = Callable[[ModelSpec, SegmentationConfig], Segmenter]
 
 
+def make_segmenter(spec: ModelSpec, cfg: SegmentationConfig) -> Segmenter:
+    """The segmenter for a model's kind (not loaded yet)."""
+    kinds: dict[str, SegmenterFactory] = {
+        "nnunet": NnUNetSegmenter,
+        "command": CommandSegmenter,
+        "python": PythonSegmenter,
+    }
+    return kinds[spec.kind](spec, cfg)
+
+
 class SegmenterCache:
     """One segmenter per model name for the life of the process, so models stay warm.
 
     A model whose spec changed (new weights, new settings) gets a new segmenter.
     """
 
-    def __init__(
-        self, cfg: SegmentationConfig, factory: SegmenterFactory = NnUNetSegmenter
-    ) -> None:
+    def __init__(self, cfg: SegmentationConfig, factory: SegmenterFactory = make_segmenter) -> None:
         self._cfg = cfg
         self._factory = factory
         self._lock = threading.Lock()

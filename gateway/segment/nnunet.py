@@ -17,6 +17,7 @@ import numpy as np
 
 from gateway.config import ModelSpec, SegmentationConfig
 from gateway.errors import ModelError
+from gateway.segment.base import Grid, as_grid, check_output, resolve_device, stack_channels
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,9 @@ class NnUNetSegmenter:
             self._warm = True
             logger.info("model %s warm in %.1f s", self.spec.name, time.perf_counter() - start)
 
-    def predict(
-        self, channels: Sequence[np.ndarray], spacing_zyx: tuple[float, float, float]
-    ) -> np.ndarray:
-        data = self._stack(channels, spacing_zyx)
+    def predict(self, channels: Sequence[np.ndarray], grid: Grid | Sequence[float]) -> np.ndarray:
+        spacing_zyx = as_grid(grid).spacing_zyx
+        data = stack_channels(self.spec, channels, as_grid(grid))
         with self._lock:
             predictor = self._load()
             start = time.perf_counter()
@@ -80,45 +80,14 @@ class NnUNetSegmenter:
             "x".join(map(str, data.shape[1:])),
             time.perf_counter() - start,
         )
-        return self._check_output(np.asarray(seg), data.shape[1:])
+        return check_output(self.spec, seg, data.shape[1:])
 
     # -----------------------------------------------------------------------------------------
-
-    def _stack(
-        self, channels: Sequence[np.ndarray], spacing_zyx: tuple[float, float, float]
-    ) -> np.ndarray:
-        expected = len(self.spec.inputs)
-        if len(channels) != expected:
-            raise ModelError(
-                f"model {self.spec.name} takes {expected} channel(s), got {len(channels)}"
-            )
-        shapes = {np.shape(c) for c in channels}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-            raise ModelError(f"channels must be 3-D (z, y, x) arrays of one shape, got {shapes}")
-        if len(spacing_zyx) != 3 or not all(s > 0 for s in spacing_zyx):
-            raise ModelError(f"spacing must be three positive mm values, got {spacing_zyx}")
-        data = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
-        if not np.isfinite(data).all():
-            raise ModelError("input contains NaN or infinite values")
-        return data
-
-    def _check_output(self, seg: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if seg.shape != shape:
-            raise ModelError(f"model {self.spec.name} returned shape {seg.shape}, expected {shape}")
-        unknown = set(np.unique(seg).tolist()) - {0, *self.spec.labels}
-        if unknown:
-            raise ModelError(f"model {self.spec.name} returned unknown labels {sorted(unknown)}")
-        return seg.astype(np.uint8, copy=False)
 
     def _device(self) -> Any:
         import torch
 
-        want = self._cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda" and not torch.cuda.is_available():
-            raise ModelError("segmentation.device is 'cuda' but no CUDA device is available")
-        return torch.device(want)
+        return torch.device(resolve_device(self._cfg))
 
     def _load(self) -> Any:
         """Build the predictor once; the caller holds the lock."""
@@ -136,6 +105,7 @@ class NnUNetSegmenter:
         if device.type == "cpu":
             torch.set_num_threads(self._cfg.threads)
         nn = self.spec.nnunet
+        assert nn is not None, "NnUNetSegmenter needs a model of kind nnunet"
         predictor = nnUNetPredictor(
             tile_step_size=nn.tile_step_size,
             use_gaussian=True,

@@ -105,16 +105,16 @@ def test_label_zero_is_rejected_as_background(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({}, tmp_path)
     assert info.value.problems == [
-        ("pelvis-demo/model.yaml:labels", "label values must be positive (0 is background)")
+        ("pelvis-demo/model.yaml:labels", "label values must be 1-255 (0 is background)")
     ]
 
 
 def test_unknown_dicom_keyword_in_selector_is_rejected(tmp_path: Path) -> None:
     raw = {"rules": [{"name": "r", "model": "m", "destinations": ["d"],
-                      "match": {"series": {"keywords": {"Modalty": "MR"}}}}]}
+                      "match": {"series": {"Modalty": "MR"}}}]}
     with pytest.raises(ConfigError) as info:
         parse_config(raw, tmp_path)
-    assert any(p == "rules[0].match.series.keywords" and "not a DICOM keyword" in r
+    assert any(p == "rules[0].match.series" and "not a DICOM keyword" in r
                for p, r in info.value.problems)
 
 

@@ -140,7 +140,7 @@ def test_study_waits_then_queues_exactly_one_job_when_quiet(
     pipeline.check_study(STUDY)
     [job] = store.jobs_for(STUDY, "mr")
     assert job.state == JobState.WAITING.value
-    assert job.reason == "input 0 'T2': series still receiving"
+    assert job.reason == "pelvis: input 0 'T2': series still receiving"
     assert dispatcher.runs == []
     assert dispatcher.checks == [(STUDY, pytest.approx(6.0))]
 
@@ -182,7 +182,9 @@ def test_study_that_never_completes_fails_after_the_timeout(
     pipeline.check_study(STUDY)
     [job] = store.jobs_for(STUDY, "mr")
     assert job.state == JobState.FAILED.value
-    assert job.reason.startswith("not ready after 300 s: input 0 'T2': series 3 is not one volume")
+    assert job.reason.startswith(
+        "pelvis: not ready after 300 s: input 0 'T2': series 3 is not one volume"
+    )
     assert "gap in slice positions: 6.00 mm step" in job.reason
     assert dispatcher.runs == []
 

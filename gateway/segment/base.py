@@ -1,0 +1,112 @@
+"""What every segmenter shares: the grid its channels lie on, input checks, output checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.config import ModelSpec, SegmentationConfig
+from gateway.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The physical grid of the channels: SimpleITK conventions (LPS, mm).
+
+    ``spacing`` and ``origin`` are ``(x, y, z)``; ``direction`` is the 3x3 matrix row-major,
+    its columns the row direction, the column direction and the slice normal. An array
+    ``(z, y, x)`` on this grid becomes an image with :meth:`to_image`.
+    """
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @classmethod
+    def of(cls, image: Any) -> Grid:
+        """The grid of a SimpleITK image."""
+        sx, sy, sz = image.GetSpacing()
+        ox, oy, oz = image.GetOrigin()
+        return cls((sx, sy, sz), (ox, oy, oz), tuple(float(v) for v in image.GetDirection()))
+
+    def to_image(self, array: np.ndarray) -> Any:
+        """``array`` (z, y, x) as a SimpleITK image on this grid."""
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def matches(self, image: Any, tolerance_mm: float = 0.01) -> bool:
+        """Whether a SimpleITK image lies on this grid (within NIfTI's float32 precision)."""
+        other = Grid.of(image)
+        return (
+            np.allclose(other.spacing, self.spacing, rtol=1e-4, atol=1e-5)
+            and np.allclose(other.origin, self.origin, rtol=1e-5, atol=tolerance_mm)
+            and np.allclose(other.direction, self.direction, atol=1e-4)
+        )
+
+
+def as_grid(grid: Grid | Sequence[float]) -> Grid:
+    """A :class:`Grid`; a bare ``(z, y, x)`` spacing means an axial grid at the origin."""
+    if isinstance(grid, Grid):
+        return grid
+    z, y, x = (float(v) for v in grid)
+    return Grid((x, y, z))
+
+
+def stack_channels(spec: ModelSpec, channels: Sequence[np.ndarray], grid: Grid) -> np.ndarray:
+    """The channels as one float32 array (c, z, y, x), after checking the array contract."""
+    expected = len(spec.inputs)
+    if len(channels) != expected:
+        raise ModelError(f"model {spec.name} takes {expected} channel(s), got {len(channels)}")
+    shapes = {np.shape(c) for c in channels}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ModelError(f"channels must be 3-D (z, y, x) arrays of one shape, got {shapes}")
+    spacing = grid.spacing
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ModelError(f"spacing must be three positive mm values, got {grid.spacing_zyx}")
+    data = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
+    if not np.isfinite(data).all():
+        raise ModelError("input contains NaN or infinite values")
+    return data
+
+
+def check_output(spec: ModelSpec, seg: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The model's label map as uint8 after checking shape and label values."""
+    seg = np.asarray(seg)
+    if seg.shape != tuple(shape):
+        raise ModelError(
+            f"model {spec.name} returned shape {tuple(seg.shape)}, expected {tuple(shape)}"
+        )
+    if seg.dtype.kind == "f" and not np.array_equal(seg, np.rint(seg)):
+        raise ModelError(f"model {spec.name} returned non-integer labels")
+    unknown = set(np.unique(seg).astype(int).tolist()) - {0, *spec.labels}
+    if unknown:
+        raise ModelError(f"model {spec.name} returned unknown labels {sorted(unknown)[:10]}")
+    return seg.astype(np.uint8, copy=False)
+
+
+def resolve_device(cfg: SegmentationConfig) -> str:
+    """``cuda`` or ``cpu`` for ``cfg.device``; ``auto`` asks torch when it is installed."""
+    want = cfg.device
+    if want == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        available = bool(torch.cuda.is_available())
+    except ImportError:
+        available = False
+    if want == "cuda" and not available:
+        raise ModelError("segmentation.device is 'cuda' but no CUDA device is available")
+    return "cuda" if available else "cpu"
