@@ -155,16 +155,28 @@ def cmd_resend(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.demo import REPO, run_demo
 
-    summary = run_demo(cfg_path, out_dir=Path(args.out) if args.out else None, as_json=args.json)
+    if not cfg_path.is_file() and args.config == DEFAULT_CONFIG:
+        cfg_path = REPO / DEFAULT_CONFIG  # the embedded config, from any working directory
+    summary = run_demo(
+        cfg_path,
+        out_dir=Path(args.out) if args.out else None,
+        as_json=args.json,
+        timeout=args.timeout,
+        phantom=args.phantom,
+        study=Path(args.study) if args.study else None,
+    )
     return 0 if summary["ok"] else 1
+
+
+DEFAULT_CONFIG = "config.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aircon", description="AIRCON DICOM auto-contouring gateway")
     p.add_argument(
-        "-c", "--config", default="config.yaml", help="config file (default: %(default)s)"
+        "-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)"
     )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -185,12 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--limit", type=int, default=50)
     r = sub.add_parser("resend", help="retry a failed job or its parked deliveries")
     r.add_argument("job", type=int)
-    d = sub.add_parser("demo", help="phantom study in, RTSTRUCT out, on loopback")
+    d = sub.add_parser(
+        "demo",
+        help="a study in, RTSTRUCT out, on loopback (default: ProstateX-0000, real anatomy)",
+        description="Start the gateway on loopback with a local planning system, send a study "
+        "and report the RTSTRUCT that comes back: per-ROI volume and model, per-stage timings "
+        "and a PNG of the contours. Default study: ProstateX-0000 (TCIA), all series from "
+        "../shared/data/prostatex/ProstateX-0000 next to the repository, else the bundled T2 "
+        "series in demo-data/.",
+    )
+    what = d.add_mutually_exclusive_group()
+    what.add_argument(
+        "--phantom",
+        action="store_true",
+        help="send a synthetic phantom study instead and score the contours against its truth",
+    )
+    what.add_argument("--study", default=None, help="send this folder of DICOM files instead")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     d.add_argument(
         "--out",
         default=None,
         help="folder for the demo's files, emptied first (default: ./aircon-demo)",
+    )
+    d.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the RTSTRUCT (default: %(default)s)",
     )
     return p
 

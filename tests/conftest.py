@@ -228,6 +228,17 @@ class GatewayProcess:
         return wait_for(done, timeout, interval=0.5, what=f"{n} finished job(s)")
 
 
+def rule(name: str, models: list[str], **extra: Any) -> dict[str, Any]:
+    """A routing rule for test configs: any MR study to ``models``, delivered to 'planning'."""
+    return {
+        "name": name,
+        "match": {"series": {"Modality": "^MR$"}},
+        "models": models,
+        "destinations": ["planning"],
+        **extra,
+    }
+
+
 def write_gateway_config(work: Path, destination_port: int, **overrides: Any) -> Path:
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
     raw["listen"] = {"host": "127.0.0.1", "port": overrides.pop("port")}
@@ -255,6 +266,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
         work.mkdir()
         port = free_port()
         overrides.setdefault("assembly", {"series_quiet_s": 2, "study_timeout_s": 300})
+        overrides.setdefault("rules", [rule("pelvis-mr", ["pelvis-demo"])])
         cfg = write_gateway_config(work, destination_port, port=port, **overrides)
         gw = GatewayProcess(cfg, port, work)
         started.append(gw)

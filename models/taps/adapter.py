@@ -18,12 +18,14 @@ Install (CPU, without the ``onnxruntime-gpu`` TAPS declares)::
     pip install --no-deps lavlab-taps==1.1.2
     pip install monai nibabel onnxruntime scipy torch==<the torch already installed>
 
-Cost: ``taps.segment`` builds a new ``onnxruntime.InferenceSession`` on every call (about
-1 s on CPU for the 80 MB model), and its ONNX session uses onnxruntime's default thread count
-(the physical cores); the ``threads`` option only sets torch's threads (MONAI pre/post-processing).
-Importing ``taps.inference`` (MONAI, torch, onnxruntime) takes several seconds; call
-:func:`warm_up` at start-up to pay that once. Note that importing it calls
-``logging.basicConfig`` (a no-op when logging is already configured).
+Cost: almost all of a call is the ONNX sliding window (9 windows of 128 x 128 x 32 for a
+384 x 384 x 19 T2 at 0.5 x 0.5 x 3 mm); pre/post-processing and QC take a few seconds.
+``taps.segment`` builds a new ``onnxruntime.InferenceSession`` on every call (about 0.2 s for the
+80 MB model, so not worth working around), with onnxruntime's default thread count (the
+physical cores); the ``threads`` option only sets torch's threads (MONAI pre/post-processing).
+Importing ``taps.inference`` (MONAI, torch, onnxruntime) takes about 10-20 s on 2 cores; call
+:func:`warm_up` at start-up to pay that once. Importing it also calls ``logging.basicConfig``
+(a no-op when logging is already configured).
 """
 
 from __future__ import annotations
@@ -113,8 +115,11 @@ def segment(channels: list[np.ndarray], grid: Any, **options: Any) -> np.ndarray
             )
         except taps.BlankMaskError as exc:
             raise NoProstateFound("TAPS found no prostate") from exc
-        logger.info("TAPS segmented %s voxels in %.1f s", "x".join(map(str, t2.shape)),
-                    time.perf_counter() - start)
+        logger.info(
+            "TAPS segmented %s voxels in %.1f s",
+            "x".join(map(str, t2.shape)),
+            time.perf_counter() - start,
+        )
         mask = sitk.ReadImage(str(written))
 
     _check_same_grid(mask, image)
