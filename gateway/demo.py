@@ -195,7 +195,8 @@ def _real_source(study: Path | None) -> _Source:
         files = _dicom_files(study)
         if not files:
             raise GatewayError(f"--study {study}: no DICOM files found")
-        return _Source("study", f"study from {study.name or study}", files, study)
+        # Not labelled by its folder name: clinics often name folders after the patient.
+        return _Source("study", "the study given with --study", files, study)
     if PROSTATEX_SHARED.is_dir():
         files = _dicom_files(PROSTATEX_SHARED)
         if files:

@@ -25,7 +25,10 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch, torchvision and nnunetv2 in ONE command: installed separately, pip swaps in a CUDA torch.
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
-extra=""
-[ $dev = 1 ] && extra="[dev]"
+extra="[taps]"
+[ $dev = 1 ] && extra="[taps,dev]"
 .venv/bin/python -m pip install -q $TORCH_SPEC -e ".$extra"
-.venv/bin/python -c "import gateway, nnunetv2, torch; print('installed: torch', torch.__version__)"
+# The external TAPS model (models/taps): the package's own code and weights, without its
+# declared onnxruntime-gpu (the [taps] extra above brings the CPU onnxruntime, MONAI, nibabel).
+.venv/bin/python -m pip install -q --no-deps "lavlab-taps==1.1.2"
+.venv/bin/python -c "import gateway, nnunetv2, torch, taps; print('installed: torch', torch.__version__)"
