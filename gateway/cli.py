@@ -135,6 +135,14 @@ def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             print(f"          reason: {r['reason']}")
         if t:
             print(f"          timings: {t}")
+        for name, m in r["models"].items():
+            took = f" segment {m['segment_s']:.1f}s" if "segment_s" in m else ""
+            print(f"          model {name}: {m['state']}{took}")
+        if r["rois"]:
+            rois = ", ".join(
+                f"{x['name']} {x['volume_cc']:.1f} cc ({x['model']})" for x in r["rois"]
+            )
+            print(f"          ROIs: {rois}")
         for d in r["deliveries"]:
             print(
                 f"          -> {d['destination']}: {d['state']} after {d['attempts']} "

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -513,6 +513,9 @@ def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
                 "reason": job.reason,
                 "rtstruct_uid": job.rtstruct_uid,
                 "timings_s": stage_timings(job, study),
+                "models": dict(job.results.get("models") or {}),
+                "series": dict(job.results.get("plan") or {}),
+                "rois": list(job.results.get("rois") or []),
                 "deliveries": [
                     {
                         "destination": d.destination,

@@ -36,11 +36,21 @@ def make_model(models: Path, name: str = "pelvis-demo", spec: dict | None = None
     return d
 
 
+PELVIS_LABELS = {
+    1: {"name": "Prostate", "color": [255, 0, 0]},
+    2: {"name": "Bladder", "color": [255, 255, 0]},
+    3: {"name": "Rectum", "color": [0, 200, 255]},
+}
+
+
 @pytest.fixture
 def repo_config(tmp_path: Path) -> Path:
-    """The repository's config.yaml next to a fake models folder."""
+    """The repository's config.yaml next to a fake models folder with the models it names."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     make_model(tmp_path / "models")
+    make_model(tmp_path / "models", "pelvis-dixon-demo", {"labels": PELVIS_LABELS})
+    prostate = {1: {"name": "prostate", "color": [1, 1, 1]}}
+    make_model(tmp_path / "models", "taps", {"labels": prostate})
     return tmp_path / "config.yaml"
 
 
@@ -54,7 +64,9 @@ def test_repo_config_loads_with_paths_resolved_and_model_hashed(repo_config: Pat
     assert cfg.paths.models == base / "models"
     assert cfg.database.url == f"sqlite:///{base / 'var' / 'aircon.db'}"
     assert cfg.queue.path == base / "var" / "queue.db"
-    assert [r.name for r in cfg.rules] == ["pelvis-mr"]
+    assert [r.name for r in cfg.rules] == ["phantom-demo", "prostate-mr"]
+    assert cfg.rules[0].models == ("pelvis-dixon-demo", "pelvis-demo")
+    assert cfg.rules[0].prefer["Prostate"] == "pelvis-dixon-demo"
     model = cfg.models["pelvis-demo"]
     assert model.trained_model_folder == base / "models" / "pelvis-demo" / "nnunet"
     # The hash covers plans, dataset and checkpoint: changing the weights changes it.
@@ -140,7 +152,7 @@ def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_accepts_the_repo_config(repo_config: Path) -> None:
     res = run_cli(repo_config, "check-config")
     assert res.returncode == 0, res.stderr
-    assert "config OK: AE AIRCON on 127.0.0.1:11112, 1 rule(s), 1 model(s)" in res.stdout
+    assert "config OK: AE AIRCON on 127.0.0.1:11112, 2 rule(s), 3 model(s)" in res.stdout
     assert "model pelvis-demo 0.1 sha256" in res.stdout
 
 
@@ -169,7 +181,8 @@ def test_check_config_reports_each_invalid_key_in_one_run(repo_config: Path) -> 
     assert "1-16 characters, got 20" in line_for("ae_title")
     assert "65535" in line_for("listen.port")
     assert "does not compile" in line_for("rules[1].match.calling_ae")
-    assert "unknown model 'no-such-model' (known: pelvis-demo)" in line_for("rules[0].model")
+    known = "(known: pelvis-demo, pelvis-dixon-demo, taps)"
+    assert f"unknown model 'no-such-model' {known}" in line_for("rules[0].model")
     assert "unknown destination 'nowhere'" in line_for("rules[1].destinations[0]")
     assert "(5 problem(s))" in lines[0]
 
@@ -179,3 +192,21 @@ def test_check_config_on_missing_file_exits_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "file not found" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_clash_between_models_without_preference_is_reported(repo_config: Path) -> None:
+    raw = yaml.safe_load(repo_config.read_text())
+    del raw["rules"][0]["prefer"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, repo_config.parent)
+    (problem,) = info.value.problems
+    assert problem[0] == "rules[0].prefer"
+    assert "'Bladder' is made by pelvis-demo and pelvis-dixon-demo" in problem[1]
+
+
+def test_the_shipped_config_and_models_check_out() -> None:
+    """The repository's own config.yaml with its real models (TAPS installed)."""
+    res = run_cli(REPO / "config.yaml", "check-config")
+    assert res.returncode == 0, res.stderr
+    for name in ("pelvis-demo", "pelvis-dixon-demo", "taps"):
+        assert f"model {name} " in res.stdout
