@@ -370,27 +370,12 @@ def _models_summary(job: Any, descriptions: dict[str, str]) -> dict[str, dict[st
 
 def _timings(loop: _Loopback, job: Any) -> dict[str, float]:
     """Per-stage seconds (:func:`gateway.pipeline.stage_timings`), each model's inference time
-    (``segment:<model>``), the merge, and the demo's wall time. When the job's stamps do not
-    split reading the volumes from inference, ``volume`` and ``segment`` are the models' sums."""
+    (``segment:<model>``), the merge, and the demo's wall time."""
     from gateway.pipeline import stage_timings
 
-    stages = stage_timings(job, loop.db.study_times(job.study_uid)) if job else {}
+    timings = dict(stage_timings(job, loop.db.study_times(job.study_uid))) if job else {}
     results = (job.results or {}) if job else {}
-    models = results.get("models") or {}
-    sums = {
-        stage: round(sum(float(o[f"{stage}_s"]) for o in models.values() if f"{stage}_s" in o), 3)
-        for stage in ("volume", "segment")
-        if any(f"{stage}_s" in o for o in models.values())
-    }
-    order = ("receive", "assemble", "queue", "volume", "segment", "rtstruct", "send", "total")
-    timings: dict[str, float] = {}
-    for name in order:
-        if name in stages:
-            timings[name] = stages[name]
-        elif name in sums:
-            timings[name] = sums[name]
-    timings.update({k: v for k, v in stages.items() if k not in timings})
-    for name, o in models.items():
+    for name, o in (results.get("models") or {}).items():
         if "segment_s" in o:
             timings[f"segment:{name}"] = float(o["segment_s"])
     if "merge_s" in results:

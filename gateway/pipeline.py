@@ -215,17 +215,27 @@ class Pipeline:
                 volumes[series_uid] = imaging.read_series(self._series_paths(study, series_uid))
             return volumes[series_uid]
 
-        # Models run one after another (each kept warm by the segmenter cache).
-        reference: imaging.Volume | None = None
-        label_maps: dict[str, np.ndarray] = {}
+        # Every model's inputs first (read once per series, resampled onto its primary grid),
+        # then the models one after another (each kept warm by the segmenter cache).
+        inputs: dict[str, tuple[Any, list[np.ndarray], float]] = {}
         for name, series_uids in plan.items():
             model = self.cfg.models[name]
             t0 = time.perf_counter()
             try:
                 primary, arrays = self._inputs(model, [volume(u) for u in series_uids])
-                t1 = time.perf_counter()
+            except PermanentError as exc:
+                outcomes[name] = {"state": "failed", "reason": str(exc)}
+                log.warning("job %d: inputs of model %s unusable: %s", job_id, name, exc)
+                continue
+            inputs[name] = (primary, arrays, time.perf_counter() - t0)
+        self.store.update_job(job_id, stage="volume")
+        reference: imaging.Volume | None = None
+        label_maps: dict[str, np.ndarray] = {}
+        for name, (primary, arrays, volume_s) in inputs.items():
+            model = self.cfg.models[name]
+            t1 = time.perf_counter()
+            try:
                 label_map = self.segmenters.get(model).predict(arrays, imaging_grid(primary.image))
-                t2 = time.perf_counter()
                 if reference is None:
                     reference = primary
                 label_maps[name] = self._onto(label_map, primary, reference, name)
@@ -237,9 +247,9 @@ class Pipeline:
                 "state": "done",
                 "version": model.version,
                 "weights_sha256": model.weights_sha256,
-                "input_series": series_uids,
-                "volume_s": round(t1 - t0, 3),
-                "segment_s": round(t2 - t1, 3),
+                "input_series": plan[name],
+                "volume_s": round(volume_s, 3),
+                "segment_s": round(time.perf_counter() - t1, 3),
             }
         self.store.update_job(job_id, stage="segment")
         not_run = {m: o["reason"] for m, o in outcomes.items() if o["state"] != "done"}
