@@ -1,11 +1,13 @@
-"""Benchmark: the gateway's own overhead on the phantom study, end to end.
+"""Benchmark: the gateway's own overhead on the four-series phantom study, end to end.
 
 Starts ``aircon serve`` (a subprocess, embedded config, loopback) with a receiving node as the
-planning system, sends a phantom study over C-STORE, and prints
+planning system, sends a phantom study (T2 + Dixon in/opp/water: rule phantom-demo, two models
+merged) over C-STORE, and prints
 
     overhead = (last instance acknowledged -> RTSTRUCT accepted) - series_quiet_s - model time
 
-where model time is the job's segment stage (nnU-Net prediction). Run: ``python bench/e2e.py``.
+where model time is the job's segment stage (both models' predictions); reading the series and
+resampling the Dixon water onto the T2 grid (stage ``volume``) and the merge count as overhead. Run: ``python bench/e2e.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from gateway.config import DestinationConfig, load_config  # noqa: E402
 from gateway.demo import demo_config, free_port  # noqa: E402
 from gateway.dicom.node import ReceivingNode  # noqa: E402
 from gateway.dicom.scu import echo, store  # noqa: E402
-from gateway.phantom import make_phantom, write_dicom_series  # noqa: E402
+from gateway.phantom import make_study, write_study  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 
@@ -60,8 +62,8 @@ def main() -> int:
         for r in range(args.rounds + 1):
             for f in node.files():
                 f.unlink()
-            series = write_dicom_series(make_phantom(5000 + r), work / f"study{r}", seed=5000 + r)
-            store(gw, "AIRCON", list(series.files))
+            written = write_study(make_study(5000 + r), work / f"study{r}", seed=5000 + r)
+            store(gw, "AIRCON", [f for s in written.values() for f in s.files])
             t_ack = time.time()
             while not node.files():
                 time.sleep(0.01)
@@ -72,12 +74,14 @@ def main() -> int:
                     break
                 time.sleep(0.05)
             model_s = job.stages["segment"] - job.stages["volume"]
+            volume_s = job.stages["volume"] - job.stages["started"]
             total = t_rt - t_ack
             overhead = total - cfg.assembly.series_quiet_s - model_s
             label = "warm-up" if r == 0 else f"round {r}"
             print(
                 f"{label}: ack->RTSTRUCT {total:.2f} s, quiet {cfg.assembly.series_quiet_s:.1f} s, "
-                f"model {model_s:.2f} s, overhead {overhead:.2f} s"
+                f"model {model_s:.2f} s (read+resample {volume_s:.2f} s, merge+RTSTRUCT "
+                f"{job.results.get('merge_s', 0):.2f} s), overhead {overhead:.2f} s"
             )
             if r:
                 results.append(overhead)
