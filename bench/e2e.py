@@ -7,7 +7,8 @@ merged) over C-STORE, and prints
     overhead = (last instance acknowledged -> RTSTRUCT accepted) - series_quiet_s - model time
 
 where model time is the job's segment stage (both models' predictions); reading the series and
-resampling the Dixon water onto the T2 grid (stage ``volume``) and the merge count as overhead. Run: ``python bench/e2e.py``.
+resampling the Dixon water onto the T2 grid (stage ``volume``) and the merge count as overhead.
+Run: ``python bench/e2e.py``.
 """
 
 from __future__ import annotations
