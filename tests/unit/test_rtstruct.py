@@ -383,3 +383,34 @@ def test_institution_comes_from_the_source_not_rt_utils(t2_volume: Volume) -> No
     source[0].InstitutionName = "Clinic"
     other = Volume(image=t2_volume.image, datasets=tuple(source))
     assert build(other, label_map, PROSTATE).InstitutionName == "Clinic"
+
+
+def test_merged_structure_set_names_each_rois_model(t2_volume: Volume, tmp_path: Path) -> None:
+    """Two models in one structure set: each ROI names its model and version, both models are
+    contributing equipment, and the UIDs depend on both models."""
+    from gateway.rtstruct import Structure, build_structure_set
+
+    label_map = msd_on_grid("prostate_04", sitk.GetArrayFromImage(t2_volume.image).shape)
+    taps = Provenance("taps", "1.1.2", "ab" * 32)
+    structures = [
+        Structure(label_map == 1, ZONES[1], PROVENANCE),
+        Structure(label_map > 0, PROSTATE[1], taps),
+    ]
+    uids = [t2_volume.series_instance_uid]
+    ds = build_structure_set(t2_volume, structures, CFG, input_series_uids=uids, now=NOW)
+    made_by = {r.ROIName: r.ROIGenerationDescription for r in ds.StructureSetROISequence}
+    assert made_by == {"PZ": "Prostate_T2 1.2.0", "Prostate": "taps 1.1.2"}
+    assert [e.ManufacturerModelName for e in ds.ContributingEquipmentSequence] == [
+        "Prostate_T2", "taps"
+    ]
+    assert "taps version 1.1.2" in ds.StructureSetDescription
+    masks = rasterize_rtstruct(ds, t2_volume)
+    assert dice(masks["Prostate"], label_map > 0) >= 0.99
+    alone = build_structure_set(t2_volume, structures[:1], CFG, input_series_uids=uids, now=NOW)
+    assert alone.SOPInstanceUID != ds.SOPInstanceUID
+    path = tmp_path / "merged.dcm"
+    write_dataset(ds, path)
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed")
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []
