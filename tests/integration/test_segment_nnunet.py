@@ -52,7 +52,7 @@ def test_committed_model_is_a_labelled_demo(spec: ModelSpec) -> None:
         2: "Bladder",
         3: "Rectum",
     }
-    selector = spec.inputs[0].select.keywords
+    selector = spec.inputs[0].select.conditions
     import re
 
     for description in ("t2_tse_tra", "T2 TSE tra (phantom)", "T2W_TSE_ax"):
