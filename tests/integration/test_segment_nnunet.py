@@ -93,11 +93,15 @@ def test_concurrent_predictions_agree(segmenter: NnUNetSegmenter) -> None:
 
 
 @pytest.mark.slow
-def test_quick_training_produces_a_loadable_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["pelvis-demo", "pelvis-dixon-demo"])
+def test_quick_training_produces_a_loadable_model(tmp_path: Path, model: str) -> None:
     out = tmp_path / "pelvis-quick"
+    committed_dir = REPO / "models" / model
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "train_pelvis_demo.py"),
+        "--model",
+        model,
         "--epochs",
         "2",
         "--iterations",
@@ -115,15 +119,17 @@ def test_quick_training_produces_a_loadable_model(tmp_path: Path) -> None:
     spec = load_model(out)
     # The same script made the committed model: same network, same labels, same inputs.
     plans = json.loads((out / "nnunet" / "plans.json").read_text())
-    committed = json.loads((MODEL_DIR / "nnunet" / "plans.json").read_text())
+    committed = json.loads((committed_dir / "nnunet" / "plans.json").read_text())
     assert plans["configurations"] == committed["configurations"]
-    assert spec.labels == load_model(MODEL_DIR).labels
-    assert spec.inputs == load_model(MODEL_DIR).inputs
+    assert spec.labels == load_model(committed_dir).labels
+    assert spec.inputs == load_model(committed_dir).inputs
+    assert spec.guardrails == load_model(committed_dir).guardrails
     ckpt = out / "nnunet" / "fold_all" / "checkpoint_final.pth"
     assert ckpt.stat().st_size < 1_000_000
     ph = make_phantom(HELD_OUT_SEED)
+    image = sitk.GetArrayFromImage(ph.image)
     pred = NnUNetSegmenter(spec, SegmentationConfig(device="cpu")).predict(
-        [sitk.GetArrayFromImage(ph.image)], tuple(reversed(ph.image.GetSpacing()))
+        [image] * len(spec.inputs), tuple(reversed(ph.image.GetSpacing()))
     )
     assert pred.shape == ph.image.GetSize()[::-1] and pred.dtype == np.uint8
     assert set(np.unique(pred)) <= {0, *spec.labels}
