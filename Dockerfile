@@ -1,9 +1,12 @@
 # AIRCON gateway image. GPU hosts: build with the default CUDA torch from PyPI.
 #   docker build -t aircon .                                   (CUDA build of torch)
-#   docker build --build-arg TORCH_SPEC="torch==2.13.0 torchvision==0.28.0" -t aircon:cpu .
+#   docker build --build-arg TORCH_SPEC="torch==2.13.0 torchvision==0.28.0" \
+#                --build-arg TAPS_EXTRA=taps -t aircon:cpu .
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_SPEC="torch torchvision"
+# The TAPS model's runtime: taps-gpu (onnxruntime-gpu) or taps (CPU onnxruntime).
+ARG TAPS_EXTRA="taps-gpu"
 # rt-utils needs OpenCV, which needs libGL and glib.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 dcmtk \
@@ -13,7 +16,9 @@ WORKDIR /opt/aircon
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 # torch, torchvision and nnunetv2 in one pip command, so pip resolves one torch build.
-RUN pip install --no-cache-dir ${TORCH_SPEC} . && useradd --system --uid 1000 aircon
+RUN pip install --no-cache-dir ${TORCH_SPEC} ".[${TAPS_EXTRA}]" \
+ && pip install --no-cache-dir --no-deps "lavlab-taps==1.1.2" \
+ && useradd --system --uid 1000 aircon
 
 COPY models ./models
 COPY config.yaml ./config.yaml
