@@ -46,8 +46,20 @@ def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         f"{len(cfg.rules)} rule(s), {len(cfg.models)} model(s), "
         f"{len(cfg.destinations)} destination(s)"
     )
+    from gateway.structures import plan_structures
+
     for m in cfg.models.values():
-        print(f"  model {m.name} {m.version} sha256 {m.weights_sha256[:16]}...")
+        channels = ", ".join(c.name + (" (primary)" if c.primary else "") for c in m.inputs)
+        print(
+            f"  model {m.name} {m.version} sha256 {m.weights_sha256[:16]}... "
+            f"[{m.kind}; inputs: {channels}]"
+        )
+    for rule in cfg.rules:
+        rois = ", ".join(
+            f"{p.roi.name} <- {p.model}" for p in plan_structures(rule, cfg.models, cfg.roi_names)
+        )
+        print(f"  rule {rule.name}: {' + '.join(rule.models)} -> {', '.join(rule.destinations)}")
+        print(f"    structure set: {rois}")
     return 0
 
 

@@ -210,3 +210,5 @@ def test_the_shipped_config_and_models_check_out() -> None:
     assert res.returncode == 0, res.stderr
     for name in ("pelvis-demo", "pelvis-dixon-demo", "taps"):
         assert f"model {name} " in res.stdout
+    assert "inputs: T2 (primary), DixonWater" in res.stdout
+    assert "structure set: Prostate <- taps" in res.stdout  # TAPS' 'prostate', clinic name
