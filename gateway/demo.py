@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,6 @@ class _Source:
     label: str
     files: list[Path]
     path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _dicom_files(root: Path) -> list[Path]:

@@ -53,6 +53,7 @@ def check(
     if not primary or not series.slices:
         return problems
     first = series.slices[0]
+    found: list[str | None] = []  # range checks: None where within range
     if rails.max_oblique_deg is not None and first.orientation is not None:
         angle = oblique_deg(first.orientation)
         if angle > rails.max_oblique_deg:
@@ -67,16 +68,14 @@ def check(
         except (TypeError, ValueError):
             value = slice_spacing
         if value is not None:
-            problems.append(
-                _outside(f"{channel} slice thickness", value, rails.slice_thickness_mm, " mm") or ""
+            found.append(
+                _outside(f"{channel} slice thickness", value, rails.slice_thickness_mm, " mm")
             )
     if rails.pixel_spacing_mm is not None and first.pixel_spacing is not None:
         for v in sorted(set(first.pixel_spacing), reverse=True):
-            problems.append(
-                _outside(f"{channel} pixel spacing", v, rails.pixel_spacing_mm, " mm") or ""
-            )
+            found.append(_outside(f"{channel} pixel spacing", v, rails.pixel_spacing_mm, " mm"))
     if rails.slices is not None:
-        problems.append(_outside(f"{channel} slice count", len(series.slices), rails.slices) or "")
+        found.append(_outside(f"{channel} slice count", len(series.slices), rails.slices))
     if (
         rails.field_of_view_mm is not None
         and first.pixel_spacing is not None
@@ -87,7 +86,5 @@ def check(
             [first.rows * first.pixel_spacing[0], first.columns * first.pixel_spacing[1]]
         )
         for v in sorted(set(fov.tolist())):
-            problems.append(
-                _outside(f"{channel} field of view", v, rails.field_of_view_mm, " mm") or ""
-            )
-    return [p for p in problems if p]
+            found.append(_outside(f"{channel} field of view", v, rails.field_of_view_mm, " mm"))
+    return problems + [p for p in found if p is not None]

@@ -30,6 +30,7 @@ from gateway.errors import (
     PermanentError,
     RetriableError,
 )
+from gateway.segment.base import Grid
 from gateway.store import (
     TERMINAL,
     DeliveryState,
@@ -41,13 +42,6 @@ from gateway.store import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def imaging_grid(image: Any) -> Any:
-    """The :class:`gateway.segment.Grid` of a SimpleITK image (imported lazily)."""
-    from gateway.segment.base import Grid
-
-    return Grid.of(image)
 
 
 class Dispatcher(Protocol):
@@ -235,7 +229,7 @@ class Pipeline:
             model = self.cfg.models[name]
             t1 = time.perf_counter()
             try:
-                label_map = self.segmenters.get(model).predict(arrays, imaging_grid(primary.image))
+                label_map = self.segmenters.get(model).predict(arrays, Grid.of(primary.image))
                 if reference is None:
                     reference = primary
                 label_maps[name] = self._onto(label_map, primary, reference, name)
@@ -318,19 +312,15 @@ class Pipeline:
     @staticmethod
     def _inputs(model: ModelSpec, volumes: Sequence[Any]) -> tuple[Any, list[np.ndarray]]:
         """The primary volume and every channel as float32 (z, y, x) on the primary grid: the
-        other channels resampled in physical space (linear), outside their volume 0."""
+        other channels resampled in physical space (linear), outside their volume 0. (Assembly
+        has checked that all channels share the primary's frame of reference.)"""
         import SimpleITK as sitk
 
         from gateway import imaging
 
         primary = volumes[model.primary_index]
-        frame = primary.frame_of_reference_uid
         arrays = []
-        for channel, vol in zip(model.inputs, volumes, strict=True):
-            if vol.frame_of_reference_uid != frame:
-                raise InvalidInput(
-                    f"input '{channel.name}' is in another frame of reference than the primary"
-                )
+        for vol in volumes:
             image = vol.image if vol is primary else imaging.resample_to(vol.image, primary.image)
             arrays.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
         return primary, arrays
@@ -350,7 +340,7 @@ class Pipeline:
                 f"model {model} ran on a series in another frame of reference than the "
                 "structure set's reference series"
             )
-        image = imaging_grid(primary.image).to_image(label_map)
+        image = Grid.of(primary.image).to_image(label_map)
         moved = imaging.resample_to(image, reference.image, interpolator="nearest")
         return sitk.GetArrayFromImage(moved)
 
