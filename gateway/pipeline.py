@@ -120,7 +120,11 @@ class Pipeline:
                     study_uid, delay=max(1.0, self.cfg.assembly.series_quiet_s)
                 )
                 return
-            if last.created_at >= study.last_received_at:
+            # The job's inputs were fixed when it became ready (or failed waiting); only an
+            # instance received after that is new. (Not created_at: a job opens while a
+            # second association may still be sending.)
+            decided = last.stages.get("ready", last.stages.get("failed", last.created_at))
+            if decided >= study.last_received_at:
                 return  # nothing new since that job
             last = None
         job = last or self.store.create_job(study_uid, rule.name, ",".join(rule.models), now)
@@ -134,7 +138,9 @@ class Pipeline:
             return
         refused = "; ".join(f"{m}: {r}" for m, r in decision.failed.items())
         if not decision.ready:
-            self.store.update_job(job.id, state=JobState.FAILED, reason=refused, stage="failed")
+            self.store.update_job(
+                job.id, state=JobState.FAILED, reason=refused, stage="failed", now=now
+            )
             log.warning("job %d study %s failed: %s", job.id, study_uid, refused)
             return
         plan = {

@@ -156,6 +156,25 @@ def test_study_waits_then_queues_exactly_one_job_when_quiet(
     assert dispatcher.runs == [job.id]
 
 
+def test_instances_received_after_the_job_opened_but_before_it_was_ready_open_no_new_job(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+) -> None:
+    """The job opens while a second association is still sending; the inputs it used include
+    those instances, so a check after it finished must not open a second job."""
+    receive(store, [0.0, 3.0, 6.0, 9.0], at=T0)
+    clock.t = T0 + 4
+    pipeline.check_study(STUDY)  # opened, waiting
+    receive(store, [0.0, 3.0, 6.0, 9.0], at=T0 + 6)  # the same series, still arriving
+    clock.t = T0 + 17
+    pipeline.check_study(STUDY)
+    [job] = store.jobs_for(STUDY, "mr")
+    assert job.state == JobState.QUEUED.value
+    store.update_job(job.id, state=JobState.DONE, stage="delivered")
+    clock.t = T0 + 30
+    pipeline.check_study(STUDY)  # the check the second association's end asked for
+    assert [j.id for j in store.jobs_for(STUDY, "mr")] == [job.id]
+
+
 def test_study_without_matching_rule_opens_no_job(
     pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
 ) -> None:
