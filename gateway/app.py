@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.failpoints import CrashPoints
 from gateway.jobs import HueyDispatcher, make_huey
 from gateway.pipeline import Pipeline
 from gateway.receive import Receiver
@@ -29,12 +30,15 @@ class Gateway:
         self.store = Store(cfg.database.url)
         self.huey = make_huey(cfg)
         self.dispatcher = HueyDispatcher(self.huey)
+        self.crash = CrashPoints(cfg.faults.crash_at)
+        if cfg.faults.crash_at:
+            log.warning("crash points armed (fault testing only): %s", dict(cfg.faults.crash_at))
         self._pipeline: Pipeline | None = None
 
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.cfg, self.store, self.dispatcher)
+            self._pipeline = Pipeline(self.cfg, self.store, self.dispatcher, crash=self.crash)
         return self._pipeline
 
     def serve(self, ready: threading.Event | None = None) -> None:
@@ -45,20 +49,36 @@ class Gateway:
         self.dispatcher.bind(pipeline)
         if self.cfg.queue.backend == "sqlite":
             self.huey.flush()  # the database is the truth: recover() re-dispatches from it
+        spool = Spool(self.cfg.paths.spool)
         receiver = Receiver(
-            Spool(self.cfg.paths.spool),
+            spool,
             self.store,
             on_study=lambda uid: self.dispatcher.check_study(
                 uid, delay=self.cfg.assembly.series_quiet_s + 0.2
             ),
+            limits=self.cfg.limits,
+            storage=self.cfg.storage,
+            crash=self.crash,
         )
         scp = StorageSCP(
-            self.cfg.ae_title, self.cfg.listen.host, self.cfg.listen.port, self.cfg.peers, receiver
+            self.cfg.ae_title,
+            self.cfg.listen.host,
+            self.cfg.listen.port,
+            self.cfg.peers,
+            receiver,
+            limits=self.cfg.limits,
+            tls=self.cfg.listen.tls,
+            crash=self.crash,
         )
+        spool.remove_stale_temporaries()
         receiver.recover_spool()
         pipeline.recover()
         scp.start()
         threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
+        stop = threading.Event()
+        threading.Thread(
+            target=self._purge_loop, args=(stop,), name="retention", daemon=True
+        ).start()
         consumer: Any = self.huey.create_consumer(
             workers=self.cfg.queue.workers,
             worker_type="thread",
@@ -74,8 +94,23 @@ class Gateway:
         try:
             consumer.run()
         finally:
+            stop.set()
             scp.stop()
             log.info("gateway stopped")
+
+    def _purge_loop(self, stop: threading.Event) -> None:
+        from gateway.retention import purge
+
+        roots = (self.cfg.paths.spool, self.cfg.paths.output)
+        while not stop.wait(self.cfg.storage.purge_interval_s):
+            try:
+                report = purge(self.store, self.cfg.storage, roots)
+                if report.studies:
+                    log.info(
+                        "retention: purged %d study(ies), %d file(s)", report.studies, report.files
+                    )
+            except Exception:  # keep purging next time; never take the gateway down
+                log.exception("retention purge failed")
 
     def _warm_models(self) -> None:
         # Import the heavy stage modules now (rt-utils pulls OpenCV), not in the first job.

@@ -70,6 +70,13 @@ def decide(
         if now < quiet_at:
             waits.append(Waiting(f"{label}: series still receiving", min(quiet_at, deadline)))
             continue
+        multi = [g for g in series.slices if (g.frames or 1) > 1]
+        if multi:
+            number = series.attributes.get("SeriesNumber", "?")
+            return Failed(
+                f"{label}: series {number} holds {len(multi)} multi-frame (enhanced) instance(s): "
+                "only single-frame images are supported"
+            )
         check = check_volume(series.slices)
         if not check.ok:
             number = series.attributes.get("SeriesNumber", "?")

@@ -28,6 +28,62 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _add_log_file(cfg: GatewayConfig) -> None:
+    """Also log to ``paths.log`` (10 MB x 5 rotated files) when configured."""
+    if cfg.paths.log is None:
+        return
+    from logging.handlers import RotatingFileHandler
+
+    cfg.paths.log.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(cfg.paths.log, maxBytes=10 * 1024**2, backupCount=5)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A point in time: ISO date or date-time (local time), or an age like ``90m``, ``24h``,
+    ``7d`` before now."""
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        return now - float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise GatewayError(
+            f"cannot read time '{text}': use e.g. 2026-11-28, 2026-11-28T08:00 or 24h / 7d"
+        ) from None
+
+
+def cmd_audit(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    import csv
+    from datetime import datetime
+
+    from gateway.store import AUDIT_COLUMNS
+
+    rows = _store(cfg).audit_rows(
+        since=parse_when(args.since), until=parse_when(args.until) if args.until else None
+    )
+    for r in rows:
+        r["at"] = datetime.fromtimestamp(r["at"]).isoformat(timespec="milliseconds")
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    for r in rows:
+        who = f"{r['calling_ae']}@{r['address']}" if r["calling_ae"] else ""
+        what = " ".join(
+            f"{k}={r[k]}"
+            for k in ("study_uid", "series_uid", "instances", "job_id", "model", "destination")
+            if r[k] not in ("", None, 0)
+        )
+        print(f"{r['at']}  {r['event']:<11} {r['outcome']:<12} {who} {what} {r['detail']}".rstrip())
+    return 0
+
+
 def _peer(cfg: GatewayConfig, spec: str) -> DestinationConfig:
     """A destination by config name, or ``AE@host:port``."""
     if spec in cfg.destinations:
@@ -215,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         x = sub.add_parser(name, help=f"list {name}")
         x.add_argument("--json", action="store_true")
         x.add_argument("--limit", type=int, default=50)
+    a = sub.add_parser(
+        "audit", help="the audit trail: who sent what, which model ran, where it went"
+    )
+    a.add_argument(
+        "--since", default="24h", help="ISO date/time or age (90m, 24h, 7d); default: 24h"
+    )
+    a.add_argument("--until", default=None, help="ISO date/time or age; default: now")
+    a.add_argument("--csv", action="store_true", help="CSV with a header row")
     r = sub.add_parser("resend", help="retry a failed job or its parked deliveries")
     r.add_argument("job", type=int)
     d = sub.add_parser(
@@ -256,6 +320,7 @@ COMMANDS = {
     "studies": cmd_studies,
     "jobs": cmd_jobs,
     "resend": cmd_resend,
+    "audit": cmd_audit,
 }
 
 
@@ -266,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return cmd_demo(Path(args.config), args)
         cfg = load_config(Path(args.config))
+        if args.command == "serve":
+            _add_log_file(cfg)
         return COMMANDS[args.command](cfg, args)
     except ConfigError as exc:
         print(f"aircon: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)

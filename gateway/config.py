@@ -279,28 +279,121 @@ class ModelSpec(_Frozen):
 # Gateway (config.yaml)
 
 
+class ServerTls(_Frozen):
+    """DICOM TLS on the Storage SCP (a second listener on its own port, PS3.15 Annex B).
+
+    ``certificate``/``private_key``: our PEM certificate (chain) and key. With
+    ``require_client_certificate`` a peer must present a certificate that ``ca_certificates``
+    (PEM bundle) verifies, else the TLS handshake fails and no association is made."""
+
+    port: Port = 2762
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ServerTls:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class ClientTls(_Frozen):
+    """DICOM TLS to one destination. ``ca_certificates`` verifies the destination's certificate
+    (``verify_server: false`` accepts any, for tests only); ``certificate``/``private_key`` are
+    ours, for destinations that verify clients."""
+
+    ca_certificates: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    verify_server: bool = True
+    check_hostname: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClientTls:
+        if self.verify_server and self.ca_certificates is None:
+            raise ValueError("verify_server needs ca_certificates")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both certificate and private_key, or neither")
+        return self
+
+
 class ListenConfig(_Frozen):
     host: str = "127.0.0.1"
     port: Port = 11112
+    tls: ServerTls | None = None
 
 
 class PeerConfig(_Frozen):
-    """A node allowed to associate with us (by calling AE title, optionally also by host)."""
+    """A node allowed to associate with us: by calling AE title, optionally also by source
+    address (``host``); ``require_tls``: only over the TLS listener."""
 
     ae_title: AETitle
     host: str | None = None
+    require_tls: bool = False
 
 
 class DestinationConfig(_Frozen):
     ae_title: AETitle
     host: str
     port: Port
+    tls: ClientTls | None = None
+
+
+class LimitsConfig(_Frozen):
+    """What one sender may cost us. Beyond ``max_associations`` an association is rejected
+    (transient, local limit exceeded); an association silent for ``idle_timeout_s`` is aborted;
+    an instance beyond a study's instance or byte limit is refused with 0xA700."""
+
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_instances_per_study: Annotated[int, Field(ge=1)] = 20000
+    max_bytes_per_study: Annotated[int, Field(ge=1)] = 16 * 1024**3
+
+
+class StorageConfig(_Frozen):
+    """Disk guard and retention of the spool.
+
+    Below ``min_free_mb`` free under the spool, new instances are refused with 0xA700 (Out of
+    Resources). Every ``purge_interval_s`` studies whose last instance is older than
+    ``retention_days`` and whose every job was delivered are deleted (spool, RTSTRUCTs, rows);
+    a study with undelivered or unfinished work is never deleted."""
+
+    min_free_mb: Annotated[float, Field(ge=0)] = 2048.0
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    purge_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+
+
+# Crash points for the fault harness (tests/faults, bench/faults.py): the process SIGKILLs
+# itself when it reaches a point for the n-th time. Never set in production.
+CRASH_POINTS = (
+    "receive.before_ack",  # instance durable in the spool, C-STORE response not yet sent
+    "receive.after_ack",  # C-STORE response (success) sent
+    "job.queued",  # job committed QUEUED, before it is handed to a worker
+    "job.segment",  # a model is running
+    "deliver.before_send",  # association to the destination open, RTSTRUCT not yet sent
+    "deliver.after_accept",  # destination answered success, not yet recorded
+)
+
+
+class FaultsConfig(_Frozen):
+    crash_at: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+
+    @field_validator("crash_at")
+    @classmethod
+    def _known(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = set(value) - set(CRASH_POINTS)
+        if unknown:
+            raise ValueError(f"unknown crash point(s) {sorted(unknown)}; known: {CRASH_POINTS}")
+        return value
 
 
 class PathsConfig(_Frozen):
     spool: Path = Path("var/spool")
     output: Path = Path("var/rtstruct")
     models: Path = Path("models")
+    log: Path | None = None  # also log to this file (rotated), besides stderr
 
 
 class DatabaseConfig(_Frozen):
@@ -390,6 +483,9 @@ class GatewayConfig(_Frozen):
     delivery: DeliveryConfig = DeliveryConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
     rtstruct: RtstructConfig = RtstructConfig()
+    limits: LimitsConfig = LimitsConfig()
+    storage: StorageConfig = StorageConfig()
+    faults: FaultsConfig = FaultsConfig()
     rules: tuple[RuleConfig, ...] = ()
     # Clinic ROI naming: model label name (case-insensitive) -> clinic name, colour and type.
     # Entries here extend and override the built-in TG-263 names (gateway.structures).
@@ -565,7 +661,15 @@ def parse_config(
         raise ConfigError(problems + _reference_problems(data, models)) from None
     paths = cfg.paths.model_copy(
         update={k: _resolve(base_dir, getattr(cfg.paths, k)) for k in ("spool", "output", "models")}
+        | ({"log": _resolve(base_dir, cfg.paths.log)} if cfg.paths.log else {})
     )
+    listen = cfg.listen
+    if listen.tls is not None:
+        listen = listen.model_copy(update={"tls": _resolve_files(base_dir, listen.tls)})
+    destinations = {
+        name: d.model_copy(update={"tls": _resolve_files(base_dir, d.tls)}) if d.tls else d
+        for name, d in cfg.destinations.items()
+    }
     queue = cfg.queue.model_copy(update={"path": _resolve(base_dir, cfg.queue.path)})
     db_url = cfg.database.url
     if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
@@ -589,6 +693,14 @@ def parse_config(
                 plan_structures(rule, models, cfg.roi_names)
             except ValueError as exc:
                 problems.append((f"rules[{i}].prefer", str(exc)))
+    tls_sections = [("listen.tls", listen.tls)] + [
+        (f"destinations.{n}.tls", d.tls) for n, d in destinations.items()
+    ]
+    for where, tls in tls_sections:
+        for f in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(tls, f, None) if tls is not None else None
+            if path is not None and not path.is_file():
+                problems.append((f"{where}.{f}", f"{path} not found"))
     if cfg.queue.backend == "redis" and not cfg.queue.url:
         problems.append(("queue.url", "required when queue.backend is redis"))
     if problems or models is None:
@@ -596,6 +708,8 @@ def parse_config(
     return cfg.model_copy(
         update={
             "paths": paths,
+            "listen": listen,
+            "destinations": destinations,
             "queue": queue,
             "database": cfg.database.model_copy(update={"url": db_url}),
             "models": models,
@@ -613,6 +727,14 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Gatew
 
 def _resolve(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def _resolve_files(base: Path, tls: Any) -> Any:
+    """A TLS section with its certificate/key paths resolved against ``base``."""
+    fields = ("certificate", "private_key", "ca_certificates")
+    return tls.model_copy(
+        update={f: _resolve(base, getattr(tls, f)) for f in fields if getattr(tls, f) is not None}
+    )
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,11 @@
     ├── ConfigError                   config.yaml or a model.yaml is invalid (carries every problem)
     ├── RetriableError                the queue tries again later, with backoff
     │   ├── PeerUnavailable           association refused/aborted, connection refused, timeout
-    │   └── PeerBusy                  the peer answered with a transient failure status (0xA7xx)
+    │   ├── PeerBusy                  the peer answered with a transient failure status (0xA7xx)
+    │   └── OutOfResources            we refuse work for now: disk guard, per-study limits (0xA700)
     └── PermanentError                retrying cannot help: parked, visible, resendable by hand
         ├── InvalidInput              the received data cannot form a volume or is out of scope
+        │   └── DatasetMismatch       a dataset does not match its SOP class (C-STORE 0xA900)
         ├── ModelError                the model could not be loaded or failed on this input
         └── DeliveryRejected          the peer rejected the object (0xA9xx, 0xCxxx, ...)
 
@@ -42,12 +44,20 @@ class PeerBusy(RetriableError):
     """The peer answered with a transient failure status (e.g. 0xA700 out of resources)."""
 
 
+class OutOfResources(RetriableError):
+    """We cannot take more now (free disk below the guard, a study over its limits)."""
+
+
 class PermanentError(GatewayError):
     """A failure that retrying cannot fix."""
 
 
 class InvalidInput(PermanentError):
     """The received instances cannot be used (inconsistent volume, missing series, ...)."""
+
+
+class DatasetMismatch(InvalidInput):
+    """A received dataset does not match its SOP class (no pixel data, wrong length, ...)."""
 
 
 class ModelError(PermanentError):

@@ -29,6 +29,7 @@ class SliceGeometry:
     pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing)
     rows: int | None
     columns: int | None
+    frames: int | None = None  # NumberOfFrames (multi-frame instances)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from gateway.errors import (
     PermanentError,
     RetriableError,
 )
+from gateway.failpoints import CrashPoints
 from gateway.segment.base import Grid
 from gateway.store import (
     TERMINAL,
@@ -85,11 +86,13 @@ class Pipeline:
         dispatcher: Dispatcher,
         segmenters: Any = None,
         clock: Any = time.time,
+        crash: CrashPoints | None = None,
     ):
         self.cfg = cfg
         self.store = store
         self.dispatch = dispatcher
         self.clock = clock
+        self.crash = crash or CrashPoints()
         if segmenters is None:
             from gateway.segment import SegmenterCache
 
@@ -142,6 +145,7 @@ class Pipeline:
                 job.id, state=JobState.FAILED, reason=refused, stage="failed", now=now
             )
             log.warning("job %d study %s failed: %s", job.id, study_uid, refused)
+            self._audit_job(job.id, "failed", refused)
             return
         plan = {
             name: [s.series_uid for s in ready.series] for name, ready in decision.ready.items()
@@ -168,6 +172,7 @@ class Pipeline:
             ", ".join(plan),
             f" (not run: {', '.join(decision.failed)})" if decision.failed else "",
         )
+        self.crash.hit("job.queued")
         self.dispatch.run_job(job.id)
 
     # -- segment + RTSTRUCT ----------------------------------------------------------------------
@@ -189,6 +194,26 @@ class Pipeline:
     def _fail(self, job_id: int, reason: str) -> None:
         log.warning("job %d failed: %s", job_id, reason)
         self.store.update_job(job_id, state=JobState.FAILED, reason=reason, stage="failed")
+        self._audit_job(job_id, "failed", reason)
+
+    def _audit_job(self, job_id: int, outcome: str, detail: str) -> None:
+        job = self.store.job(job_id)
+        if job is None:
+            return
+        ran = {
+            m: o for m, o in (job.results.get("models") or {}).items() if o.get("state") == "done"
+        }
+        self.store.audit(
+            "job",
+            outcome,
+            study_uid=job.study_uid,
+            job_id=job_id,
+            instances=0,
+            series_uid=",".join(job.input_series)[:64],
+            model=", ".join(f"{m} {o.get('version', '')}".strip() for m, o in ran.items())
+            or job.model,
+            detail=f"rule {job.rule}" + (f": {detail}" if detail else ""),
+        )
 
     @staticmethod
     def _series_paths(study: StudyInfo, series_uid: str) -> list[Path]:
@@ -235,6 +260,7 @@ class Pipeline:
             model = self.cfg.models[name]
             t1 = time.perf_counter()
             try:
+                self.crash.hit("job.segment")
                 label_map = self.segmenters.get(model).predict(arrays, Grid.of(primary.image))
                 if reference is None:
                     reference = primary
@@ -353,8 +379,15 @@ class Pipeline:
     # -- send ------------------------------------------------------------------------------------
 
     def deliver(self, delivery_id: int) -> None:
+        """Send one RTSTRUCT to one destination. Deliveries to a destination go in order of
+        creation: one waits while an older one to the same destination is unfinished, and
+        each finished delivery (sent or parked) hands on to the next."""
         from gateway.dicom import scu
 
+        ahead = self.store.older_unfinished_delivery(delivery_id)
+        if ahead is not None:
+            log.debug("delivery %d waits behind delivery %d", delivery_id, ahead)
+            return  # the older one dispatches this one when it is finished
         if not self.store.claim_delivery(delivery_id, self.clock()):
             return  # already sent, parked, being sent, or not due yet
         d = self.store.delivery(delivery_id)
@@ -370,7 +403,7 @@ class Pipeline:
                 attempts=attempt,
                 last_status=f"destination '{d.destination}' not configured",
             )
-            self._settle_job(d.job_id)
+            self._finished(d.id, "rejected")
             return
         try:
             try:
@@ -379,7 +412,9 @@ class Pipeline:
                     self.cfg.ae_title,
                     [Path(job.rtstruct_path)],
                     timeout=self.cfg.delivery.timeout_s,
+                    before_send=lambda: self.crash.hit("deliver.before_send"),
                 )
+                self.crash.hit("deliver.after_accept")
             except (GatewayError, OSError):
                 raise
             except Exception as exc:  # an unexpected network-library failure: try again later
@@ -394,7 +429,7 @@ class Pipeline:
                     last_status=f"parked after {attempt} attempts: {exc}",
                 )
                 log.warning("job %d: delivery to %s parked: %s", d.job_id, d.destination, exc)
-                self._settle_job(d.job_id)
+                self._finished(d.id, "parked")
                 return
             delay = backoff_delay(
                 attempt, self.cfg.delivery.backoff_base_s, self.cfg.delivery.backoff_max_s
@@ -421,7 +456,7 @@ class Pipeline:
                 delivery_id, state=DeliveryState.FAILED, attempts=attempt, last_status=str(exc)
             )
             log.warning("job %d: delivery to %s rejected: %s", d.job_id, d.destination, exc)
-            self._settle_job(d.job_id)
+            self._finished(d.id, "rejected")
             return
         self.store.update_delivery(
             delivery_id,
@@ -431,7 +466,30 @@ class Pipeline:
             delivered_at=self.clock(),
         )
         log.info("job %d: RTSTRUCT delivered to %s", d.job_id, d.destination)
+        self._finished(d.id, "delivered")
+
+    def _finished(self, delivery_id: int, outcome: str) -> None:
+        """A delivery is done (delivered, parked or rejected): audit it, settle its job and hand
+        on to the next delivery waiting for the same destination."""
+        d = self.store.delivery(delivery_id)
+        assert d is not None
+        job = self.store.job(d.job_id)
+        self.store.audit(
+            "delivery",
+            outcome,
+            job_id=d.job_id,
+            study_uid=job.study_uid if job else "",
+            destination=d.destination,
+            instances=1,
+            detail=f"RTSTRUCT {job.rtstruct_uid if job else '?'} after {d.attempts} attempt(s): "
+            f"{d.last_status}",
+        )
         self._settle_job(d.job_id)
+        following = self.store.next_pending_delivery(d.destination)
+        if following is not None:
+            self.dispatch.deliver(
+                following.id, delay=max(0.0, following.next_attempt_at - self.clock())
+            )
 
     def _settle_job(self, job_id: int) -> None:
         deliveries = self.store.deliveries_for(job_id)
@@ -442,18 +500,16 @@ class Pipeline:
             job = self.store.job(job_id)
             partial = str(job.results.get("partial", "")) if job is not None else ""
             self.store.update_job(job_id, state=JobState.DONE, reason=partial, stage="delivered")
+            self._audit_job(job_id, "done", partial)
         else:
             failed = [
                 f"{d.destination}: {d.last_status}"
                 for d in deliveries
                 if d.state == DeliveryState.FAILED.value
             ]
-            self.store.update_job(
-                job_id,
-                state=JobState.FAILED,
-                reason="delivery failed: " + "; ".join(failed),
-                stage="failed",
-            )
+            reason = "delivery failed: " + "; ".join(failed)
+            self.store.update_job(job_id, state=JobState.FAILED, reason=reason, stage="failed")
+            self._audit_job(job_id, "failed", reason)
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -500,8 +556,10 @@ class Pipeline:
                     if d.state in (DeliveryState.PENDING.value, DeliveryState.SENDING.value):
                         self.dispatch.deliver(d.id, delay=max(0.0, d.next_attempt_at - now))
                 self._settle_job(job.id)
+        # A study cut off mid-association looks complete: give its sender the quiet time to
+        # resume before its inputs are judged.
         for study_uid in self.store.studies_with_open_work():
-            self.dispatch.check_study(study_uid)
+            self.dispatch.check_study(study_uid, delay=self.cfg.assembly.series_quiet_s)
 
 
 def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:

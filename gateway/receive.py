@@ -14,7 +14,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from gateway.errors import InvalidInput
+from gateway.config import LimitsConfig, StorageConfig
+from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
+from gateway.failpoints import CrashPoints
 from gateway.spool import Spool
 from gateway.store import InstanceRecord, Store
 from gateway.uids import is_valid_uid
@@ -72,6 +74,61 @@ def _get(ds: Dataset, keyword: str) -> Any:
     return _plain(elem)
 
 
+# Image storage SOP classes whose instances must carry pixel data we can check.
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+}
+_NATIVE_TS = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+}
+
+
+def check_dataset(ds: Dataset, sop_class_uid: str, transfer_syntax: str) -> None:
+    """Check that a received dataset matches the SOP class it was sent as.
+
+    Raises DatasetMismatch: another SOPClassUID than the request's, an image without pixel data
+    or without the attributes that describe it, or native pixel data whose length differs from
+    Rows x Columns x frames x samples x bits (e.g. 65535 x 65535 declared over a few bytes).
+    Pixel data is never decoded here.
+    """
+    declared = str(ds.get("SOPClassUID", ""))
+    if declared != sop_class_uid:
+        raise DatasetMismatch(
+            f"dataset SOPClassUID {declared[:64]!r} differs from the request's {sop_class_uid}"
+        )
+    if sop_class_uid not in IMAGE_SOP_CLASSES:
+        return
+    if "PixelData" not in ds:
+        raise DatasetMismatch(f"{IMAGE_SOP_CLASSES[sop_class_uid]} instance without PixelData")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DatasetMismatch(f"image attributes missing or invalid: {exc}") from None
+    if rows < 1 or cols < 1 or frames < 1 or samples < 1 or bits not in (1, 8, 16, 32, 64):
+        raise DatasetMismatch(
+            f"invalid image size: Rows {rows}, Columns {cols}, frames {frames}, "
+            f"samples {samples}, BitsAllocated {bits}"
+        )
+    if transfer_syntax not in _NATIVE_TS:
+        return  # encapsulated: the codec checks the frames when the series is read
+    expected_bits = rows * cols * frames * samples * bits
+    expected = (expected_bits + 7) // 8
+    actual = len(ds["PixelData"].value or b"")
+    if actual not in (expected, expected + expected % 2):
+        raise DatasetMismatch(
+            f"pixel data is {actual} bytes, but Rows {rows} x Columns {cols} x {frames} frame(s) "
+            f"x {samples} sample(s) x {bits} bits = {expected} bytes"
+        )
+
+
 def describe_instance(ds: Dataset, path: str = "") -> InstanceRecord:
     """Pick the UIDs, series attributes and geometry of a received dataset.
 
@@ -97,22 +154,66 @@ def describe_instance(ds: Dataset, path: str = "") -> InstanceRecord:
 class Receiver:
     """Turns received instances into spool files and database rows."""
 
-    def __init__(self, spool: Spool, store: Store, on_study: Callable[[str], None]):
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        on_study: Callable[[str], None],
+        limits: LimitsConfig | None = None,
+        storage: StorageConfig | None = None,
+        crash: CrashPoints | None = None,
+    ):
         self.spool = spool
         self.store = store
         self.on_study = on_study  # called with a Study UID when its instances may be complete
+        self.limits = limits or LimitsConfig()
+        self.storage = storage or StorageConfig()
+        self.crash = crash or CrashPoints()
 
-    def accept(self, ds: Dataset, encoded: bytes, calling_ae: str, called_ae: str) -> str:
-        """Store one instance durably and record it; return its Study UID.
+    def accept(
+        self,
+        ds: Dataset,
+        encoded: bytes,
+        calling_ae: str,
+        called_ae: str,
+        *,
+        sop_class_uid: str | None = None,
+        transfer_syntax: str = "1.2.840.10008.1.2.1",
+    ) -> InstanceRecord:
+        """Store one instance durably and record it; return its record.
 
-        Raises InvalidInput (the data is unusable: answer a failure status) or OSError /
-        SQLAlchemyError (out of resources: answer 0xA700).
+        Raises InvalidInput (unusable: 0xC210), DatasetMismatch (0xA900), OutOfResources (disk
+        guard or study limits: 0xA700) or OSError / SQLAlchemyError (also 0xA700).
         """
         rec = describe_instance(ds)
+        check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
+        self._guard(rec, len(encoded))
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
-        rec = dataclasses.replace(rec, path=str(path))
+        rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
         self.store.record_instance(rec, calling_ae=calling_ae, called_ae=called_ae)
-        return rec.study_uid
+        self.crash.hit("receive.before_ack")
+        return rec
+
+    def _guard(self, rec: InstanceRecord, size: int) -> None:
+        free_mb = self.spool.free_mb()
+        if free_mb < self.storage.min_free_mb:
+            raise OutOfResources(
+                f"disk guard: {free_mb:.0f} MB free under the spool, below "
+                f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
+            )
+        if self.store.has_instance(rec.sop_instance_uid):
+            return  # a resend replaces the instance: no new quota
+        count, total = self.store.study_usage(rec.study_uid)
+        if count + 1 > self.limits.max_instances_per_study:
+            raise OutOfResources(
+                f"study {rec.study_uid} over limits.max_instances_per_study "
+                f"({self.limits.max_instances_per_study})"
+            )
+        if total + size > self.limits.max_bytes_per_study:
+            raise OutOfResources(
+                f"study {rec.study_uid} over limits.max_bytes_per_study "
+                f"({self.limits.max_bytes_per_study} bytes)"
+            )
 
     def recover_spool(self) -> int:
         """Record spool files that have no database row (rows lost to a power cut after the
@@ -135,6 +236,53 @@ class Receiver:
             log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))
             self.studies_complete(studies)
         return len(studies)
+
+    def audit_association(self, calling_ae: str, address: str, outcome: str, detail: str) -> None:
+        self.store.audit(
+            "association", outcome, calling_ae=calling_ae, address=address, detail=detail
+        )
+
+    def association_ended(
+        self,
+        calling_ae: str,
+        address: str,
+        stored: dict[tuple[str, str], int],
+        refused: dict[str, int],
+        tls: bool,
+    ) -> None:
+        """Audit what one association did: instances stored per series, refusals by reason."""
+        how = "TLS" if tls else "TCP"
+        try:
+            for (study_uid, series_uid), n in sorted(stored.items()):
+                self.store.audit(
+                    "received",
+                    "stored",
+                    calling_ae=calling_ae,
+                    address=address,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    instances=n,
+                    detail=how,
+                )
+            for why, n in sorted(refused.items()):
+                self.store.audit(
+                    "received",
+                    "refused",
+                    calling_ae=calling_ae,
+                    address=address,
+                    instances=n,
+                    detail=why,
+                )
+            if not stored and not refused:
+                self.store.audit(
+                    "association",
+                    "no instances",
+                    calling_ae=calling_ae,
+                    address=address,
+                    detail=how,
+                )
+        except Exception as exc:  # noqa: BLE001 - the audit must not take reception down
+            log.error("audit of an association from %r failed: %s", calling_ae, exc)
 
     def studies_complete(self, study_uids: set[str]) -> None:
         """An association ended: its studies may be complete once quiet."""

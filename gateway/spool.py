@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -83,6 +84,23 @@ class Spool:
             for c in reversed(created):
                 _fsync_dir(c.parent)
             self._known_dirs.add(directory)
+
+    def free_mb(self) -> float:
+        """Free space on the file system that holds (or will hold) the spool, in MiB."""
+        d = self.root
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        return shutil.disk_usage(d).free / 1024**2
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files of writes cut off by a crash (never acknowledged)."""
+        n = 0
+        for tmp in self.root.glob("*/*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+        if n:
+            log.warning("removed %d unfinished spool write(s) left by a crash", n)
+        return n
 
     def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
         d = self.root / study_uid / series_uid

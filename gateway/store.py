@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -81,6 +82,7 @@ class InstanceRow(Base):
     path: Mapped[str] = mapped_column(Text)
     received_at: Mapped[float] = mapped_column(Float)
     geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(Integer, default=0)  # bytes as received
 
 
 class JobRow(Base):
@@ -111,6 +113,42 @@ class DeliveryRow(Base):
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class AuditRow(Base):
+    """Who sent or got what, when, with what outcome. UIDs, AE titles, addresses, counts, model
+    names and versions only: never patient names, IDs or birth dates."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    event: Mapped[str] = mapped_column(String(32))  # association, received, job, delivery, purge
+    outcome: Mapped[str] = mapped_column(String(32))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str] = mapped_column(String(255), default="")  # "name version, ..."
+    destination: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+AUDIT_COLUMNS = (
+    "at",
+    "event",
+    "outcome",
+    "calling_ae",
+    "address",
+    "study_uid",
+    "series_uid",
+    "instances",
+    "job_id",
+    "model",
+    "destination",
+    "detail",
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Plain records handed to the pure cores
 
@@ -126,6 +164,7 @@ class InstanceRecord:
     path: str
     series_attributes: dict[str, Any]
     geometry: dict[str, Any]
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +206,7 @@ def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
         pixel_spacing=tup("PixelSpacing"),  # type: ignore[arg-type]
         rows=g.get("Rows"),
         columns=g.get("Columns"),
+        frames=g.get("NumberOfFrames"),
     )
 
 
@@ -235,13 +275,37 @@ class Store:
                 path=rec.path,
                 received_at=now,
                 geometry=rec.geometry,
+                size=rec.size,
             )
             s.execute(
                 ins.on_conflict_do_update(
                     index_elements=["sop_instance_uid"],
-                    set_={"received_at": now, "path": rec.path, "geometry": rec.geometry},
+                    set_={
+                        "received_at": now,
+                        "path": rec.path,
+                        "geometry": rec.geometry,
+                        "size": rec.size,
+                    },
                 )
             )
+
+    def study_usage(self, study_uid: str) -> tuple[int, int]:
+        """(instances, bytes) received so far for a study."""
+        query = (
+            select(
+                func.count(InstanceRow.sop_instance_uid),
+                func.coalesce(func.sum(InstanceRow.size), 0),
+            )
+            .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
+            .where(SeriesRow.study_uid == study_uid)
+        )
+        with self.session() as s:
+            count, size = s.execute(query).one()
+            return int(count), int(size)
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        with self.session() as s:
+            return s.get(InstanceRow, sop_instance_uid) is not None
 
     def known_instances(self) -> set[str]:
         with self.session() as s:
@@ -468,6 +532,36 @@ class Store:
                 )
             )
 
+    def older_unfinished_delivery(self, delivery_id: int) -> int | None:
+        """The id of an older delivery to the same destination still pending or sending."""
+        unfinished = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
+        with self.session() as s:
+            d = s.get(DeliveryRow, delivery_id)
+            if d is None:
+                return None
+            return s.scalar(
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.destination == d.destination,
+                    DeliveryRow.id < delivery_id,
+                    DeliveryRow.state.in_(unfinished),
+                )
+                .order_by(DeliveryRow.id)
+                .limit(1)
+            )
+
+    def next_pending_delivery(self, destination: str) -> DeliveryRow | None:
+        with self.session() as s:
+            return s.scalar(
+                select(DeliveryRow)
+                .where(
+                    DeliveryRow.destination == destination,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                )
+                .order_by(DeliveryRow.id)
+                .limit(1)
+            )
+
     def update_delivery(self, delivery_id: int, **fields: Any) -> DeliveryRow:
         with self.session() as s:
             row = s.get(DeliveryRow, delivery_id)
@@ -477,6 +571,70 @@ class Store:
                 setattr(row, k, v.value if isinstance(v, enum.Enum) else v)
             s.flush()
             return row
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit(self, event: str, outcome: str, now: float | None = None, **fields: Any) -> None:
+        """Append one audit row (fields: see :data:`AUDIT_COLUMNS`)."""
+        row = AuditRow(at=time.time() if now is None else now, event=event, outcome=outcome)
+        for key, value in fields.items():
+            setattr(row, key, value if value is not None or key == "job_id" else "")
+        with self.session() as s:
+            s.add(row)
+
+    def audit_rows(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
+        query = select(AuditRow).where(AuditRow.at >= since).order_by(AuditRow.at, AuditRow.id)
+        if until is not None:
+            query = query.where(AuditRow.at < until)
+        with self.session() as s:
+            return [{c: getattr(r, c) for c in AUDIT_COLUMNS} for r in s.scalars(query)]
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def purgeable_studies(self, older_than: float) -> list[str]:
+        """Studies last touched before ``older_than`` whose work is all finished and delivered:
+        no job waiting, queued, running or delivering, no failed job (it may be resent), and
+        every delivery delivered. A study no rule matched (no jobs) is purgeable too."""
+        with self.session() as s:
+            old = list(
+                s.scalars(select(StudyRow.study_uid).where(StudyRow.last_received_at < older_than))
+            )
+            out = []
+            for uid in old:
+                jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
+                if any(j.state != JobState.DONE.value for j in jobs):
+                    continue
+                ids = [j.id for j in jobs]
+                undelivered = s.scalar(
+                    select(func.count(DeliveryRow.id)).where(
+                        DeliveryRow.job_id.in_(ids),
+                        DeliveryRow.state != DeliveryState.DELIVERED.value,
+                    )
+                )
+                if not undelivered:
+                    out.append(uid)
+            return out
+
+    def delete_study(self, study_uid: str, older_than: float) -> list[str]:
+        """Delete a study's rows (instances, series, study; its jobs' RTSTRUCT paths are
+        cleared) if it is still purgeable; return the instance and RTSTRUCT paths to delete."""
+        if study_uid not in self.purgeable_studies(older_than):
+            return []
+        with self.session() as s:
+            series = list(
+                s.scalars(select(SeriesRow.series_uid).where(SeriesRow.study_uid == study_uid))
+            )
+            paths = list(
+                s.scalars(select(InstanceRow.path).where(InstanceRow.series_uid.in_(series)))
+            )
+            for job in s.scalars(select(JobRow).where(JobRow.study_uid == study_uid)):
+                if job.rtstruct_path:
+                    paths.append(job.rtstruct_path)
+                    job.rtstruct_path = None
+            s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(series)))
+            s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
+            s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
+            return paths
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,8 +1,13 @@
 """Storage SCP: C-ECHO and C-STORE in, durable spool write, named statuses.
 
-Only configured peers may associate (calling AE title, optionally also the source host); others
-are rejected at association. The C-STORE handler writes the received bytes durably through the
-:class:`~gateway.receive.Receiver` and returns; it never waits for inference.
+Only configured peers may associate (calling AE title, optionally also the source address, and
+only over TLS where the peer requires it); others are rejected at association. At most
+``limits.max_associations`` associations run at once (more are rejected, transient); one silent
+for ``limits.idle_timeout_s`` is aborted. The C-STORE handler writes the received bytes durably
+through the :class:`~gateway.receive.Receiver` and returns; it never waits for inference.
+
+C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xA900 dataset does
+not match its SOP class; 0xA700 out of resources (disk guard, study limits, storage failure).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.uid import (
@@ -33,11 +39,13 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.config import PeerConfig
+from gateway.config import LimitsConfig, PeerConfig, ServerTls
 from gateway.dicom import status
 from gateway.dicom.tcp import set_nodelay
-from gateway.errors import InvalidInput
+from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
+from gateway.failpoints import CrashPoints
 from gateway.receive import Receiver
+from gateway.store import InstanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +69,34 @@ TRANSFER_SYNTAXES = (
 _REJECT_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 
 
-def peer_allowed(peers: Sequence[PeerConfig], ae_title: str, address: str) -> bool:
-    """True when ``ae_title`` (and, where configured, ``address``) is on the allow-list."""
+def allowed_peer(
+    peers: Sequence[PeerConfig], ae_title: str, address: str, tls: bool = False
+) -> PeerConfig | None:
+    """The allow-list entry for ``ae_title`` from ``address`` (over TLS or not), else None."""
     ae = ae_title.strip()
-    return any(p.ae_title.strip() == ae and (p.host is None or p.host == address) for p in peers)
+    for p in peers:
+        if p.ae_title.strip() != ae or (p.host is not None and p.host != address):
+            continue
+        if p.require_tls and not tls:
+            continue
+        return p
+    return None
+
+
+def peer_allowed(peers: Sequence[PeerConfig], ae_title: str, address: str) -> bool:
+    """True when ``ae_title`` (and, where configured, ``address``) may associate over plain TCP."""
+    return allowed_peer(peers, ae_title, address) is not None
+
+
+@dataclass
+class _Session:
+    """What one association did, for the audit trail: instances per (study, series), refusals."""
+
+    calling_ae: str
+    address: str
+    tls: bool
+    stored: dict[tuple[str, str], int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class StorageSCP:
@@ -77,94 +109,167 @@ class StorageSCP:
         port: int,
         peers: Sequence[PeerConfig],
         receiver: Receiver,
+        *,
+        limits: LimitsConfig | None = None,
+        tls: ServerTls | None = None,
+        crash: CrashPoints | None = None,
     ):
         self.ae_title = ae_title
         self.host = host
         self.port = port
         self.peers = tuple(peers)
         self.receiver = receiver
-        self._server: Any = None
-        self._touched: dict[int, set[str]] = {}
+        self.limits = limits or LimitsConfig()
+        self.tls = tls
+        self.tls_port: int | None = None
+        self.crash = crash or CrashPoints()
+        self._servers: list[Any] = []
+        self._sessions: dict[int, _Session] = {}
         self._lock = threading.Lock()
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs
-        ae.dimse_timeout = 60
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
+        ae.maximum_associations = self.limits.max_associations
+        idle = self.limits.idle_timeout_s
+        ae.network_timeout = idle  # an association silent this long is aborted
+        ae.acse_timeout = min(30.0, idle)  # also: a connection that never sends A-ASSOCIATE-RQ
+        ae.dimse_timeout = idle
         ae.add_supported_context(status.VERIFICATION_SOP_CLASS)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
 
-    def start(self) -> None:
-        handlers: list[Any] = [
+    def _handlers(self, tls: bool) -> list[Any]:
+        return [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REQUESTED, self._on_requested, [tls]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_ended),
         ]
-        self._server = self._make_ae().start_server(
-            (self.host, self.port), block=False, evt_handlers=handlers
+
+    def start(self) -> None:
+        ae = self._make_ae()  # one AE: max_associations counts both listeners
+        server: Any = ae.start_server(
+            (self.host, self.port), block=False, evt_handlers=self._handlers(False)
         )
-        self.port = self._server.server_address[1]
+        self._servers.append(server)
+        self.port = server.server_address[1]
         log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+        if self.tls is not None:
+            from gateway.dicom.tls import server_context
+
+            tls_server: Any = ae.start_server(
+                (self.host, self.tls.port),
+                block=False,
+                ssl_context=server_context(self.tls),
+                evt_handlers=self._handlers(True),
+            )
+            self._servers.append(tls_server)
+            self.tls_port = tls_server.server_address[1]
+            log.info(
+                "storage SCP %s listening with TLS on %s:%d (client certificate %s)",
+                self.ae_title,
+                self.host,
+                self.tls_port,
+                "required" if self.tls.require_client_certificate else "not required",
+            )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
 
     # -- handlers --------------------------------------------------------------------------------
 
-    def _on_requested(self, event: Any) -> None:
+    def _on_requested(self, event: Any, tls: bool) -> None:
         assoc = event.assoc
         ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
-        if not peer_allowed(self.peers, ae_title, assoc.requestor.address):
-            log.warning(
-                "association from %r at %s rejected: not an allowed peer",
-                ae_title,
-                assoc.requestor.address,
-            )
+        address = assoc.requestor.address
+        if allowed_peer(self.peers, ae_title, address, tls) is None:
+            why = "not an allowed peer"
+            if allowed_peer(self.peers, ae_title, address, True) is not None:
+                why = "this peer must use the TLS port"
+            log.warning("association from %r at %s rejected: %s", ae_title, address, why)
+            self.receiver.audit_association(ae_title, address, "rejected", why)
             # As pynetdicom does for require_calling_aet: reject, then let the DUL flush and stop.
             assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
             assoc.kill()
+            return
+        with self._lock:
+            self._sessions[id(assoc)] = _Session(ae_title, address, tls)
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
 
     def _on_store(self, event: Any) -> int:
         assoc = event.assoc
+        with self._lock:
+            session = self._sessions.setdefault(
+                id(assoc),
+                _Session(assoc.requestor.ae_title.strip(), assoc.requestor.address, False),
+            )
+        code, why, rec = self._store(event)
+        with self._lock:
+            if rec is None:
+                session.refused[why] = session.refused.get(why, 0) + 1
+                return code
+            first = not any(study == rec.study_uid for study, _ in session.stored)
+            key = (rec.study_uid, rec.series_uid)
+            session.stored[key] = session.stored.get(key, 0) + 1
+        if first:
+            self.receiver.studies_complete({rec.study_uid})
+        return code
+
+    def _store(self, event: Any) -> tuple[int, str, InstanceRecord | None]:
+        """Decode, check and store one C-STORE request: (status, reason, record if stored)."""
+        assoc = event.assoc
         try:
             ds = event.dataset
             encoded = event.encoded_dataset()
-            calling = assoc.requestor.ae_title.strip()
-            called = assoc.acceptor.ae_title.strip()
-            study_uid = self.receiver.accept(ds, encoded, calling, called)
+            rec = self.receiver.accept(
+                ds,
+                encoded,
+                assoc.requestor.ae_title.strip(),
+                assoc.acceptor.ae_title.strip(),
+                sop_class_uid=str(event.request.AffectedSOPClassUID),
+                transfer_syntax=str(event.context.transfer_syntax),
+            )
+        except DatasetMismatch as exc:
+            log.warning("C-STORE refused (0xA900): %s", exc)
+            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "dataset does not match SOP class", None
         except InvalidInput as exc:
             log.warning("C-STORE refused (0xC210): %s", exc)
-            return status.CANNOT_UNDERSTAND
+            return status.CANNOT_UNDERSTAND, "invalid or missing UIDs", None
+        except OutOfResources as exc:
+            log.error("C-STORE refused (0xA700): %s", exc)
+            return status.OUT_OF_RESOURCES, str(exc).split(":")[0], None
         except (OSError, SQLAlchemyError) as exc:
             log.error("C-STORE failed to store durably (0xA700): %s", type(exc).__name__)
-            return status.OUT_OF_RESOURCES
+            return status.OUT_OF_RESOURCES, "storage failure", None
         except Exception as exc:  # undecodable dataset: never answer success
             log.warning("C-STORE could not be decoded (0xC210): %s", type(exc).__name__)
-            return status.CANNOT_UNDERSTAND
-        with self._lock:
-            studies = self._touched.setdefault(id(assoc), set())
-            first = study_uid not in studies
-            studies.add(study_uid)
-        if first:
-            self.receiver.studies_complete({study_uid})
-        return status.SUCCESS
+            return status.CANNOT_UNDERSTAND, "undecodable dataset", None
+        return status.SUCCESS, "", rec
+
+    def _on_dimse_sent(self, event: Any) -> None:
+        message = event.message
+        if type(message).__name__ == "C_STORE_RSP" and getattr(message, "Status", None) == 0:
+            self.crash.hit("receive.after_ack")
 
     def _on_ended(self, event: Any) -> None:
         with self._lock:
-            studies = self._touched.pop(id(event.assoc), set())
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is None:
+            return
+        self.receiver.association_ended(
+            session.calling_ae, session.address, session.stored, session.refused, session.tls
+        )
+        studies = {study for study, _ in session.stored}
         if studies:
             self.receiver.studies_complete(studies)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -35,16 +36,32 @@ def _ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def echo(dest: DestinationConfig, calling_ae: str, timeout: float = 10.0) -> EchoResult:
-    """C-ECHO ``dest``; never raises for network problems."""
-    ae = _ae(calling_ae, timeout)
-    ae.add_requested_context(VERIFICATION_SOP_CLASS)
-    assoc = ae.associate(
+def _tls_args(dest: DestinationConfig) -> tuple[Any, str] | None:
+    if dest.tls is None:
+        return None
+    from gateway.dicom.tls import client_context
+
+    return client_context(dest.tls), dest.host
+
+
+def _associate(ae: AE, dest: DestinationConfig) -> Any:
+    return ae.associate(
         dest.host,
         dest.port,
         ae_title=dest.ae_title,
+        tls_args=_tls_args(dest),
         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
     )
+
+
+def echo(dest: DestinationConfig, calling_ae: str, timeout: float = 10.0) -> EchoResult:
+    """C-ECHO ``dest`` (over TLS when configured); never raises for network problems."""
+    ae = _ae(calling_ae, timeout)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    try:
+        assoc = _associate(ae, dest)
+    except (OSError, ValueError) as exc:  # TLS set-up: unreadable certificate or key
+        return EchoResult(False, f"TLS set-up failed: {exc}")
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "no association (peer down?)"
         return EchoResult(False, why)
@@ -75,6 +92,7 @@ def store(
     *,
     timeout: float = 30.0,
     progress: Callable[[int], None] | None = None,
+    before_send: Callable[[], None] | None = None,
 ) -> list[int]:
     """C-STORE ``files`` over one association; return the status of each.
 
@@ -91,12 +109,7 @@ def store(
         raise DeliveryRejected("more than 128 presentation contexts in one send")
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    assoc = ae.associate(
-        dest.host,
-        dest.port,
-        ae_title=dest.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-    )
+    assoc = _associate(ae, dest)
     if not assoc.is_established:
         raise PeerUnavailable(
             f"{dest.ae_title}@{dest.host}:{dest.port}: "
@@ -104,6 +117,8 @@ def store(
         )
     statuses = []
     try:
+        if before_send is not None:
+            before_send()
         for n, item in enumerate(files, 1):
             rsp = assoc.send_c_store(item)  # a path is sent as encoded, without decoding
             code = getattr(rsp, "Status", None)

@@ -244,7 +244,7 @@ class FakeStore:
         self.errors = list(errors)
         self.calls: list[tuple[str, str, list[Path]]] = []
 
-    def __call__(self, dest, calling_ae, files, *, timeout=30.0, progress=None):  # noqa: ANN001
+    def __call__(self, dest, calling_ae, files, *, timeout=30.0, progress=None, before_send=None):  # noqa: ANN001, E501
         self.calls.append((dest.ae_title, calling_ae, list(files)))
         if self.errors:
             raise self.errors.pop(0)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from gateway.receive import Receiver
+from gateway.config import LimitsConfig, StorageConfig
+from gateway.errors import DatasetMismatch, OutOfResources
+from gateway.receive import Receiver, check_dataset
 from gateway.spool import Spool
 from gateway.store import Store
 
@@ -23,6 +26,8 @@ def _instance() -> tuple[Dataset, bytes]:
     ds.SeriesDescription = "t2_tse_tra"
     ds.PatientName = "SECRET^NAME"
     ds.ImagePositionPatient = [0, 0, 0]
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 2, 3, 16, 1
+    ds.PixelData = bytes(2 * 3 * 2)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -37,7 +42,7 @@ def test_accept_writes_spool_and_records_instance(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     rx = Receiver(Spool(tmp_path / "spool"), store, touched.append)
     ds, data = _instance()
-    assert rx.accept(ds, data, "STORESCU", "AIRCON") == ds.StudyInstanceUID
+    assert rx.accept(ds, data, "STORESCU", "AIRCON").study_uid == ds.StudyInstanceUID
     study = store.study(ds.StudyInstanceUID)
     assert study is not None and study.calling_ae == "STORESCU"
     (series,) = study.series
@@ -58,3 +63,63 @@ def test_spool_files_without_rows_are_recorded_at_start(tmp_path: Path) -> None:
     assert touched == [ds.StudyInstanceUID]
     assert ds.SOPInstanceUID in store.known_instances()
     assert rx.recover_spool() == 0  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda ds: delattr(ds, "PixelData"), "without PixelData"),
+        (lambda ds: setattr(ds, "PixelData", bytes(10)), "pixel data is 10 bytes"),
+        (lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535)), "8589672450"),
+        (lambda ds: delattr(ds, "BitsAllocated"), "image attributes missing"),
+        (lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"), "differs from"),
+    ],
+)
+def test_dataset_that_does_not_match_its_sop_class_is_refused(change, expected) -> None:  # noqa: ANN001
+    ds, _ = _instance()
+    check_dataset(ds, MRImageStorage, ExplicitVRLittleEndian)  # the good one passes
+    change(ds)
+    with pytest.raises(DatasetMismatch, match=expected):
+        check_dataset(ds, MRImageStorage, ExplicitVRLittleEndian)
+
+
+def test_encapsulated_pixel_data_is_not_length_checked() -> None:
+    ds, _ = _instance()
+    ds.PixelData = b"\xfe\xff\x00\xe0" + bytes(4)  # an encapsulated basic offset table
+    check_dataset(ds, MRImageStorage, "1.2.840.10008.1.2.4.80")
+
+
+def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    spool = Spool(tmp_path / "spool")
+    limits = LimitsConfig(max_instances_per_study=2, max_bytes_per_study=10**6)
+    rx = Receiver(
+        spool, store, lambda uid: None, limits=limits, storage=StorageConfig(min_free_mb=0)
+    )
+    ds, data = _instance()
+    for _ in range(2):
+        ds.SOPInstanceUID = generate_uid()
+        rx.accept(ds, data, "STORESCU", "AIRCON")
+    rx.accept(ds, data, "STORESCU", "AIRCON")  # a resend of a stored instance is not new
+    ds.SOPInstanceUID = generate_uid()
+    with pytest.raises(OutOfResources, match="max_instances_per_study"):
+        rx.accept(ds, data, "STORESCU", "AIRCON")
+    assert store.study_usage(ds.StudyInstanceUID) == (2, 2 * len(data))
+
+    small = Receiver(
+        spool, store, lambda uid: None, limits=LimitsConfig(max_bytes_per_study=len(data) * 2)
+    )
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    small.storage = StorageConfig(min_free_mb=0)
+    for n in range(3):
+        ds.SOPInstanceUID = generate_uid()
+        if n < 2:
+            small.accept(ds, data, "STORESCU", "AIRCON")
+    with pytest.raises(OutOfResources, match="max_bytes_per_study"):
+        small.accept(ds, data, "STORESCU", "AIRCON")
+
+    guarded = Receiver(spool, store, lambda uid: None, storage=StorageConfig(min_free_mb=1e12))
+    ds.SOPInstanceUID = generate_uid()
+    with pytest.raises(OutOfResources, match="disk guard"):
+        guarded.accept(ds, data, "STORESCU", "AIRCON")
+    assert not spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).exists()
