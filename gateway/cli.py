@@ -26,6 +26,9 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("pynetdicom", "huey"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pynetdicom logs a traceback for every failed connection (refused, TLS handshake); our own
+    # messages say what failed in one line.
+    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
 
 
 def _add_log_file(cfg: GatewayConfig) -> None:

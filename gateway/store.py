@@ -533,7 +533,8 @@ class Store:
             )
 
     def older_unfinished_delivery(self, delivery_id: int) -> int | None:
-        """The id of an older delivery to the same destination still pending or sending."""
+        """The id of a delivery to the same destination, of an older job (jobs open in order of
+        arrival), still pending or sending."""
         unfinished = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
         with self.session() as s:
             d = s.get(DeliveryRow, delivery_id)
@@ -543,10 +544,11 @@ class Store:
                 select(DeliveryRow.id)
                 .where(
                     DeliveryRow.destination == d.destination,
-                    DeliveryRow.id < delivery_id,
+                    (DeliveryRow.job_id < d.job_id)
+                    | ((DeliveryRow.job_id == d.job_id) & (DeliveryRow.id < d.id)),
                     DeliveryRow.state.in_(unfinished),
                 )
-                .order_by(DeliveryRow.id)
+                .order_by(DeliveryRow.job_id, DeliveryRow.id)
                 .limit(1)
             )
 
@@ -558,7 +560,7 @@ class Store:
                     DeliveryRow.destination == destination,
                     DeliveryRow.state == DeliveryState.PENDING.value,
                 )
-                .order_by(DeliveryRow.id)
+                .order_by(DeliveryRow.job_id, DeliveryRow.id)
                 .limit(1)
             )
 

@@ -249,6 +249,7 @@ def write_gateway_config(work: Path, destination_port: int, **overrides: Any) ->
     }
     raw["database"] = {"url": f"sqlite:///{work / 'aircon.db'}"}
     raw["queue"] = {"backend": "sqlite", "path": str(work / "queue.db"), "workers": 2}
+    raw["storage"] = {"min_free_mb": 100}
     raw["destinations"]["planning"]["port"] = destination_port
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

@@ -13,6 +13,7 @@ not match its SOP class; 0xA700 out of resources (disk guard, study limits, stor
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pydicom.uid import (
     RTStructureSetStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
@@ -86,6 +88,33 @@ def allowed_peer(
 def peer_allowed(peers: Sequence[PeerConfig], ae_title: str, address: str) -> bool:
     """True when ``ae_title`` (and, where configured, ``address``) may associate over plain TCP."""
     return allowed_peer(peers, ae_title, address) is not None
+
+
+class _TlsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, but the TLS handshake runs in the connection's own thread
+    with a timeout: pynetdicom does it in the accepting thread, so one connection that never
+    completes its handshake would block every later TLS client. A failed handshake is logged
+    (and audited) instead of being dropped silently."""
+
+    handshake_timeout = 30.0
+    on_refused: Any = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        listener: Any = self.socket
+        return listener.accept()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(self.handshake_timeout)
+            context: Any = self.ssl_context
+            tls = context.wrap_socket(request, server_side=True)
+            tls.settimeout(None)
+        except (ssl.SSLError, OSError) as exc:
+            if self.on_refused is not None:
+                self.on_refused(str(client_address[0]), str(exc))
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(tls, client_address)
 
 
 @dataclass
@@ -163,12 +192,18 @@ class StorageSCP:
         if self.tls is not None:
             from gateway.dicom.tls import server_context
 
-            tls_server: Any = ae.start_server(
+            tls_server: Any = ae.make_server(
                 (self.host, self.tls.port),
-                block=False,
                 ssl_context=server_context(self.tls),
                 evt_handlers=self._handlers(True),
+                server_class=_TlsAssociationServer,
             )
+            tls_server.handshake_timeout = min(30.0, self.limits.idle_timeout_s)
+            tls_server.on_refused = self._on_tls_refused
+            threading.Thread(
+                target=tls_server.serve_forever, name="tls-acceptor", daemon=True
+            ).start()
+            ae._servers.append(tls_server)  # as start_server does: AE.shutdown() stops it too
             self._servers.append(tls_server)
             self.tls_port = tls_server.server_address[1]
             log.info(
@@ -185,6 +220,10 @@ class StorageSCP:
         self._servers = []
 
     # -- handlers --------------------------------------------------------------------------------
+
+    def _on_tls_refused(self, address: str, reason: str) -> None:
+        log.warning("TLS handshake with %s failed: %s", address, reason)
+        self.receiver.audit_association("", address, "rejected", f"TLS handshake: {reason}"[:200])
 
     def _on_requested(self, event: Any, tls: bool) -> None:
         assoc = event.assoc

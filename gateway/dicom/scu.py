@@ -109,7 +109,10 @@ def store(
         raise DeliveryRejected("more than 128 presentation contexts in one send")
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    assoc = _associate(ae, dest)
+    try:
+        assoc = _associate(ae, dest)
+    except (OSError, ValueError) as exc:  # TLS set-up: unreadable certificate or key
+        raise PeerUnavailable(f"{dest.ae_title}: TLS set-up failed: {exc}") from exc
     if not assoc.is_established:
         raise PeerUnavailable(
             f"{dest.ae_title}@{dest.host}:{dest.port}: "

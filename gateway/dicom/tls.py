@@ -18,7 +18,12 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
     ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
     if tls.ca_certificates is not None:
         ctx.load_verify_locations(cafile=str(tls.ca_certificates))
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    if tls.require_client_certificate:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    elif tls.ca_certificates is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # a certificate presented must verify
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 

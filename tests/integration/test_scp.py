@@ -9,13 +9,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from gateway.config import DestinationConfig, PeerConfig
+from gateway.config import DestinationConfig, LimitsConfig, PeerConfig, StorageConfig
 from gateway.dicom.scp import StorageSCP
 from gateway.dicom.scu import store
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 from gateway.receive import Receiver
 from gateway.spool import Spool
 from gateway.store import Store
+from tests.conftest import wait_for
 
 
 def _mr(sop_uid: str | None = None) -> Dataset:
@@ -25,6 +26,8 @@ def _mr(sop_uid: str | None = None) -> Dataset:
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "MR"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 4, 4, 16, 1
+    ds.PixelData = bytes(4 * 4 * 2)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
@@ -34,12 +37,22 @@ def _mr(sop_uid: str | None = None) -> Dataset:
 def scp_factory(tmp_path: Path) -> Iterator:
     servers: list[StorageSCP] = []
 
-    def make(spool_root: Path) -> tuple[StorageSCP, list[str]]:
+    def make(
+        spool_root: Path,
+        peers: tuple[PeerConfig, ...] = (PeerConfig(ae_title="SENDER"),),
+        limits: LimitsConfig | None = None,
+        storage: StorageConfig | None = None,
+    ) -> tuple[StorageSCP, list[str]]:
         touched: list[str] = []
+        storage = storage or StorageConfig(min_free_mb=10)
         rx = Receiver(
-            Spool(spool_root), Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), touched.append
+            Spool(spool_root),
+            Store(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+            touched.append,
+            limits=limits,
+            storage=storage,
         )
-        scp = StorageSCP("AIRCON", "127.0.0.1", 0, [PeerConfig(ae_title="SENDER")], rx)
+        scp = StorageSCP("AIRCON", "127.0.0.1", 0, peers, rx, limits=limits)
         scp.start()
         servers.append(scp)
         return scp, touched
@@ -85,3 +98,85 @@ def test_unknown_calling_ae_is_rejected_at_association(scp_factory, tmp_path: Pa
     with pytest.raises(PeerUnavailable, match="rejected"):
         store(_dest(scp), "STRANGER", [_mr()])
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))
+
+
+def test_peer_pinned_to_another_address_is_rejected(scp_factory, tmp_path: Path) -> None:
+    peers = (
+        PeerConfig(ae_title="SENDER", host="127.0.0.1"),
+        PeerConfig(ae_title="FAR", host="10.9.8.7"),
+    )
+    scp, _ = scp_factory(tmp_path / "spool", peers=peers)
+    assert store(_dest(scp), "SENDER", [_mr()]) == [0]
+    with pytest.raises(PeerUnavailable, match="rejected"):
+        store(_dest(scp), "FAR", [_mr()])
+    rows = scp.receiver.store.audit_rows()
+    assert {(r["event"], r["outcome"], r["calling_ae"]) for r in rows} >= {
+        ("received", "stored", "SENDER"),
+        ("association", "rejected", "FAR"),
+    }
+
+
+def test_instances_beyond_the_study_limit_get_out_of_resources(scp_factory, tmp_path: Path) -> None:
+    limits = LimitsConfig(max_instances_per_study=3)
+    scp, _ = scp_factory(tmp_path / "spool", limits=limits)
+    first = _mr()
+    study = [first] + [_mr() for _ in range(4)]
+    for ds in study:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+    assert store(_dest(scp), "SENDER", study[:3]) == [0, 0, 0]
+    with pytest.raises(PeerBusy, match="0xA700"):
+        store(_dest(scp), "SENDER", study[3:])
+    assert len(list((tmp_path / "spool").rglob("*.dcm"))) == 3
+    assert store(_dest(scp), "SENDER", [_mr()]) == [0]  # another study is not affected
+
+
+def test_disk_guard_refuses_with_out_of_resources_and_says_why(
+    scp_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scp, touched = scp_factory(tmp_path / "spool", storage=StorageConfig(min_free_mb=1e12))
+    with pytest.raises(PeerBusy, match="0xA700"):
+        store(_dest(scp), "SENDER", [_mr()])
+    assert "disk guard" in caplog.text and "min_free_mb" in caplog.text
+    assert touched == [] and not list((tmp_path / "spool").rglob("*.dcm"))
+    from gateway.dicom.scu import echo
+
+    assert echo(_dest(scp), "SENDER").ok  # the node still answers
+
+
+def test_associations_beyond_the_limit_are_rejected_and_idle_ones_are_closed(
+    scp_factory, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    from pynetdicom import AE
+
+    scp, _ = scp_factory(
+        tmp_path / "spool", limits=LimitsConfig(max_associations=3, idle_timeout_s=3)
+    )
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", scp.port, ae_title="AIRCON") for _ in range(5)]
+    established = [a for a in held if a.is_established]
+    assert len(established) == 3 and sum(a.is_rejected for a in held) == 2
+    # A raw connection that never sends an A-ASSOCIATE-RQ, and the held associations, which
+    # never send anything: all closed by the gateway after the idle timeout.
+    raw = socket.create_connection(("127.0.0.1", scp.port), timeout=30)
+    deadline = time.monotonic() + 20
+    while any(a.is_alive() for a in established) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(a.is_established for a in established)
+    raw.settimeout(20)  # recv() raises TimeoutError if the gateway keeps it open
+    t0 = time.monotonic()
+    while raw.recv(4096):
+        pass  # b"" once the gateway has closed it
+    raw.close()
+    assert time.monotonic() - t0 < 20
+
+    def accepted_again() -> bool:  # the slots free once the aborted associations' threads end
+        try:
+            return store(_dest(scp), "SENDER", [_mr()]) == [0]
+        except PeerUnavailable:
+            return False
+
+    wait_for(accepted_again, 20, interval=0.5, what="the association slots to free")
