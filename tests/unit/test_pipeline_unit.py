@@ -339,3 +339,67 @@ def test_resend_of_a_job_without_complete_inputs_is_refused(
         pipeline.resend(job.id)
     with pytest.raises(KeyError):
         pipeline.resend(9999)
+
+
+def test_deliveries_to_one_destination_go_in_order_of_arrival(
+    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first_job, first = delivering_job(store, tmp_path)
+    _, second = delivering_job(store, tmp_path)
+    _, third = delivering_job(store, tmp_path)
+    fake = FakeStore(PeerUnavailable("down"))
+    monkeypatch.setattr(scu, "store", fake)
+
+    pipeline.deliver(second)  # its RTSTRUCT was ready first, but an older job's is pending
+    pipeline.deliver(first)  # the destination is down: retry later
+    pipeline.deliver(third)
+    assert len(fake.calls) == 1
+    assert [(d.state, d.attempts) for d in map(store.delivery, (first, second, third))] == [
+        ("pending", 1), ("pending", 0), ("pending", 0)
+    ]
+    clock.t = store.delivery(first).next_attempt_at
+    dispatcher.deliveries.clear()
+    pipeline.deliver(first)  # back up: delivered, and the next in line is handed on
+    assert dispatcher.deliveries == [(second, 0.0)]
+    pipeline.deliver(second)
+    assert dispatcher.deliveries[-1] == (third, 0.0)
+    pipeline.deliver(third)
+    assert [d.state for d in map(store.delivery, (first, second, third))] == ["delivered"] * 3
+    assert len(fake.calls) == 4
+    audit = [(r["event"], r["outcome"], r["job_id"]) for r in store.audit_rows()]
+    assert audit[0] == ("delivery", "delivered", first_job)
+    assert ("job", "done", first_job) in audit
+
+
+def test_retention_purges_only_old_fully_delivered_studies(tmp_path: Path, store: Store) -> None:
+    from gateway.config import StorageConfig
+    from gateway.retention import DAY_S, purge
+
+    spool = tmp_path / "spool"
+    studies = {}
+    for name in ("delivered", "failed", "recent", "unrouted"):
+        uid = f"1.2.826.0.1.3680043.8.498.{len(studies) + 10}"
+        f = spool / uid / "1.2" / "1.2.3.dcm"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+        age = 1 * DAY_S if name == "recent" else 40 * DAY_S
+        store.record_instance(
+            InstanceRecord(uid, f"{uid}.1", f"{uid}.1.1", "1.2.840.10008.5.1.4.1.1.4", str(f),
+                           {}, {}),
+            calling_ae="S", called_ae="A", now=T0 - age,
+        )
+        studies[name] = uid
+        if name == "unrouted":
+            continue
+        job = store.create_job(uid, "mr", "pelvis", T0 - age)
+        [d] = store.create_deliveries(job.id, ["planning"])
+        ok = name != "failed"
+        store.update_delivery(d, state=DeliveryState.DELIVERED if ok else DeliveryState.FAILED)
+        store.update_job(job.id, state=JobState.DONE if ok else JobState.FAILED)
+
+    report = purge(store, StorageConfig(retention_days=30), (spool,), now=T0)
+    assert report.studies == 2
+    left = {p.name for p in spool.iterdir()}
+    assert left == {studies["failed"], studies["recent"]}  # undelivered and recent are kept
+    assert store.study(studies["delivered"]) is None and store.study(studies["failed"])
