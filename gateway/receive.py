@@ -88,6 +88,27 @@ _NATIVE_TS = {
 }
 
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def check_encoding(ds: Dataset) -> None:
+    """Raise InvalidInput when a top-level element holds fewer bytes than its declared length
+    (a truncated dataset, or a length such as 2 GB that was never sent): pydicom reads such a
+    value short without complaint."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        present = len(raw.value or b"")
+        if present != raw.length:
+            raise InvalidInput(
+                f"element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes but "
+                f"{present} are present: truncated or corrupt dataset"
+            )
+
+
 def check_dataset(ds: Dataset, sop_class_uid: str, transfer_syntax: str) -> None:
     """Check that a received dataset matches the SOP class it was sent as.
 
@@ -185,6 +206,7 @@ class Receiver:
         Raises InvalidInput (unusable: 0xC210), DatasetMismatch (0xA900), OutOfResources (disk
         guard or study limits: 0xA700) or OSError / SQLAlchemyError (also 0xA700).
         """
+        check_encoding(ds)
         rec = describe_instance(ds)
         check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
         self._guard(rec, len(encoded))

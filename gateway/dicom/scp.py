@@ -169,9 +169,21 @@ class StorageSCP:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
 
+    def _on_conn_open(self, event: Any) -> None:
+        set_nodelay(event)
+        # pynetdicom's idle timer runs only between PDUs: a peer that declares a long PDU and
+        # sends less would hold a connection (and a slot) for ever. A socket timeout bounds
+        # every read; pynetdicom treats it as the connection closing.
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.settimeout(self.limits.idle_timeout_s)
+            except OSError:
+                pass  # already closed
+
     def _handlers(self, tls: bool) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested, [tls]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
