@@ -1,0 +1,156 @@
+"""Benchmark: the gateway's C-ECHO round trip and C-STORE rate with the hostile-input corpus
+replayed in parallel, against the same measured without it (a ratio).
+
+Starts ``aircon serve`` (a subprocess, loopback, no routing rules: reception only, so model
+inference does not compete for the CPU), then measures twice:
+
+  * quiet: C-ECHO round trip (a fresh association each, median of N) and C-STORE rate (a
+    24-instance phantom series over one association, repeated, instances/s);
+  * under attack: the same while other threads replay the whole corpus (tests/corpus: 55 cases,
+    truncated and garbage datasets, bad UIDs, idle and garbage connections, 50 concurrent
+    associations ...) in a loop.
+
+Run: ``python bench/hostile.py [--rounds 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gateway.config import DestinationConfig, load_config  # noqa: E402
+from gateway.demo import demo_config, free_port  # noqa: E402
+from gateway.dicom.node import ReceivingNode  # noqa: E402
+from gateway.dicom.scu import echo, store  # noqa: E402
+from gateway.phantom import make_phantom, write_dicom_series  # noqa: E402
+from tests.corpus.generate import generate  # noqa: E402
+from tests.corpus.replay import SENDERS, raw_sending  # noqa: E402
+
+
+def measure(
+    gw: DestinationConfig, files: list[Path], rounds: int, echoes: int
+) -> tuple[float, float]:
+    """(median C-ECHO round trip in ms, C-STORE instances per second)."""
+    rtts = []
+    for _ in range(echoes):
+        t0 = time.perf_counter()
+        if not echo(gw, "AIRCON", timeout=30).ok:
+            raise SystemExit("C-ECHO failed")
+        rtts.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        store(gw, "AIRCON", files, timeout=60)
+    rate = rounds * len(files) / (time.perf_counter() - t0)
+    return statistics.median(rtts), rate
+
+
+def attack(
+    port: int, corpus: Path, kinds: set[str], stop: threading.Event, counter: list[int]
+) -> None:
+    """Replay the corpus's cases of ``kinds`` in a loop until ``stop``."""
+    from tests.corpus.generate import load
+
+    cases = [c for c in load(corpus) if c.send in kinds]
+    while not stop.is_set():
+        for case in cases:
+            if stop.is_set():
+                return
+            try:
+                SENDERS[case.send](port, case, corpus)
+            except Exception:  # noqa: BLE001 - hostile input: any client-side failure is fine
+                pass
+            counter[0] += 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=10, help="series sends per measurement")
+    ap.add_argument("--echoes", type=int, default=50)
+    ap.add_argument(
+        "--attackers", type=int, default=3, help="threads replaying the malformed C-STOREs"
+    )
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")  # pydicom warns about every invalid value it sends
+    logging.disable(logging.CRITICAL)  # and pynetdicom logs every refusal the corpus earns
+    work = Path(tempfile.mkdtemp(prefix="aircon-hostile-"))
+    corpus = work / "corpus"
+    generate(corpus)
+    series = write_dicom_series(make_phantom(9), work / "series", seed=9)
+    node = ReceivingNode(work / "planning", port=free_port())
+    node.start()
+    port = free_port()
+    cfg_path = demo_config(REPO / "config.yaml", work, port, node.port)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["rules"] = []
+    raw["limits"] = {"idle_timeout_s": 5, "max_associations": 128}
+    raw["storage"] = {"min_free_mb": 100}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(cfg_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
+        stdout=(work / "gateway.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    gw = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 120
+        while not echo(gw, "AIRCON", timeout=2).ok:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("gateway did not start; see " + str(work / "gateway.log"))
+            time.sleep(0.3)
+        measure(gw, series.files, 1, 3)  # warm-up
+        quiet_rtt, quiet_rate = measure(gw, series.files, args.rounds, args.echoes)
+        print(f"quiet:        C-ECHO {quiet_rtt:.1f} ms, C-STORE {quiet_rate:.0f} inst/s")
+        stop = threading.Event()
+        counter = [0]
+        with raw_sending():
+            # Malformed C-STOREs from several threads, the 50 concurrent associations, and the
+            # idle and garbage connections, all at once.
+            groups = [{"c-store"}] * args.attackers + [
+                {"concurrent"},
+                {"tcp-idle", "association-idle", "tcp-bytes"},
+            ]
+            threads = [
+                threading.Thread(target=attack, args=(port, corpus, kinds, stop, counter))
+                for kinds in groups
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(3)  # let the replay get going
+            hostile_rtt, hostile_rate = measure(gw, series.files, args.rounds, args.echoes)
+            stop.set()
+            for t in threads:
+                t.join(120)
+        print(
+            f"under attack: C-ECHO {hostile_rtt:.1f} ms, C-STORE {hostile_rate:.0f} inst/s "
+            f"({counter[0]} corpus cases replayed by {len(threads)} threads meanwhile)"
+        )
+        print(
+            f"ratio (under attack / quiet): C-ECHO round trip x{hostile_rtt / quiet_rtt:.2f}, "
+            f"C-STORE rate x{hostile_rate / quiet_rate:.2f}"
+        )
+        if proc.poll() is not None:
+            raise SystemExit("the gateway died under the corpus")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
