@@ -22,6 +22,10 @@ class CrashPoints:
         self._left = dict(crash_at or {})
         self._lock = threading.Lock()
 
+    @property
+    def armed(self) -> bool:
+        return bool(self._left)
+
     def hit(self, point: str) -> None:
         if point not in self._left:
             return

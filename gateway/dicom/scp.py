@@ -154,6 +154,7 @@ class StorageSCP:
         self.crash = crash or CrashPoints()
         self._servers: list[Any] = []
         self._sessions: dict[int, _Session] = {}
+        self._acks_queued: set[int] = set()  # associations with a success response going out
         self._lock = threading.Lock()
 
     def _make_ae(self) -> AE:
@@ -187,11 +188,14 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested, [tls]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_ended),
-        ]
+        ] + (
+            [(evt.EVT_DIMSE_SENT, self._on_dimse_sent), (evt.EVT_PDU_SENT, self._on_pdu_sent)]
+            if self.crash.armed
+            else []
+        )
 
     def start(self) -> None:
         ae = self._make_ae()  # one AE: max_associations counts both listeners
@@ -309,9 +313,21 @@ class StorageSCP:
         return status.SUCCESS, "", rec
 
     def _on_dimse_sent(self, event: Any) -> None:
+        # Fires before the response is encoded and written: note it, and let the crash point
+        # fire once its last command fragment has gone out (_on_pdu_sent).
         message = event.message
-        if type(message).__name__ == "C_STORE_RSP" and getattr(message, "Status", None) == 0:
-            self.crash.hit("receive.after_ack")
+        if type(message).__name__ == "C_STORE_RSP" and message.command_set.Status == 0:
+            with self._lock:
+                self._acks_queued.add(id(event.assoc))
+
+    def _on_pdu_sent(self, event: Any) -> None:
+        if id(event.assoc) not in self._acks_queued or type(event.pdu).__name__ != "P_DATA_TF":
+            return
+        for pdv in event.pdu.presentation_data_value_items:
+            if pdv.data[0] & 0x03 == 0x03:  # the last fragment of a command: response sent
+                with self._lock:
+                    self._acks_queued.discard(id(event.assoc))
+                self.crash.hit("receive.after_ack")
 
     def _on_ended(self, event: Any) -> None:
         with self._lock:
