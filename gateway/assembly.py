@@ -56,6 +56,14 @@ def decide(
 ) -> Decision:
     """Whether ``study`` holds complete, usable inputs for ``model``."""
     deadline = opened_at + cfg.study_timeout_s
+    if study.interrupted_at is not None:
+        resume_by = study.interrupted_at + cfg.interrupted_wait_s
+        if now < resume_by:
+            return Waiting(
+                "the association that sent this study was cut off: waiting up to "
+                f"{cfg.interrupted_wait_s:g} s for the sender to send it again",
+                min(resume_by, deadline),
+            )
     chosen: list[SeriesInfo] = []
     orders: list[tuple[str, ...]] = []
     spacings: list[float | None] = []

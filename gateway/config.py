@@ -410,6 +410,9 @@ class QueueConfig(_Frozen):
 class AssemblyConfig(_Frozen):
     series_quiet_s: Annotated[float, Field(ge=0)] = 10.0
     study_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    # A study whose sending association was cut off (aborted, connection lost, or open when the
+    # gateway stopped) may be incomplete: wait this long for the sender to send it again.
+    interrupted_wait_s: Annotated[float, Field(ge=0)] = 120.0
 
 
 class DeliveryConfig(_Frozen):

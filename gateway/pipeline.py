@@ -556,8 +556,16 @@ class Pipeline:
                     if d.state in (DeliveryState.PENDING.value, DeliveryState.SENDING.value):
                         self.dispatch.deliver(d.id, delay=max(0.0, d.next_attempt_at - now))
                 self._settle_job(job.id)
-        # A study cut off mid-association looks complete: give its sender the quiet time to
-        # resume before its inputs are judged.
+        # A study whose association was open when the process stopped may be incomplete:
+        # assembly gives its sender assembly.interrupted_wait_s to send it again.
+        cut = self.store.mark_unfinished_receptions(now)
+        if cut:
+            log.warning(
+                "%d study(ies) were being received when the gateway stopped: waiting up to "
+                "%g s for their senders to resume",
+                len(cut),
+                self.cfg.assembly.interrupted_wait_s,
+            )
         for study_uid in self.store.studies_with_open_work():
             self.dispatch.check_study(study_uid, delay=self.cfg.assembly.series_quiet_s)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -271,9 +272,22 @@ class Receiver:
         stored: dict[tuple[str, str], int],
         refused: dict[str, int],
         tls: bool,
+        clean: bool = True,
     ) -> None:
-        """Audit what one association did: instances stored per series, refusals by reason."""
-        how = "TLS" if tls else "TCP"
+        """Record how an association ended (released, or cut off: its studies may be incomplete)
+        and audit what it did: instances stored per series, refusals by reason."""
+        how = ("TLS" if tls else "TCP") + ("" if clean else ", association cut off")
+        studies = sorted({study for study, _ in stored})
+        if studies:
+            self.store.association_ended(studies, clean, time.time())
+            if not clean:
+                log.warning(
+                    "association from %r cut off after %d instance(s) of %d study(ies): waiting "
+                    "for the sender to resume",
+                    calling_ae,
+                    sum(stored.values()),
+                    len(studies),
+                )
         try:
             for (study_uid, series_uid), n in sorted(stored.items()):
                 self.store.audit(

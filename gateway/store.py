@@ -63,6 +63,9 @@ class StudyRow(Base):
     called_ae: Mapped[str] = mapped_column(String(16))
     first_received_at: Mapped[float] = mapped_column(Float)
     last_received_at: Mapped[float] = mapped_column(Float)
+    # When an association that sent instances of this study ended: released cleanly, or cut off.
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    interrupted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SeriesRow(Base):
@@ -191,6 +194,8 @@ class StudyInfo:
     first_received_at: float
     last_received_at: float
     series: tuple[SeriesInfo, ...]
+    # Set when the association that sent it last was cut off and none has been released since.
+    interrupted_at: float | None = None
 
 
 def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
@@ -307,6 +312,34 @@ class Store:
         with self.session() as s:
             return s.get(InstanceRow, sop_instance_uid) is not None
 
+    def association_ended(self, study_uids: Sequence[str], clean: bool, now: float) -> None:
+        """Record how an association that sent instances of these studies ended."""
+        column = "released_at" if clean else "interrupted_at"
+        with self.session() as s:
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.study_uid.in_(list(study_uids)))
+                .values({column: now})
+            )
+
+    def mark_unfinished_receptions(self, now: float) -> list[str]:
+        """At start-up: studies whose last instance came after their last association ended
+        (it was open when the process stopped) are marked interrupted now; return them."""
+        with self.session() as s:
+            rows = list(
+                s.scalars(
+                    select(StudyRow).where(
+                        (StudyRow.released_at.is_(None))
+                        | (StudyRow.released_at < StudyRow.last_received_at),
+                        (StudyRow.interrupted_at.is_(None))
+                        | (StudyRow.interrupted_at < StudyRow.last_received_at),
+                    )
+                )
+            )
+            for row in rows:
+                row.interrupted_at = now
+            return [r.study_uid for r in rows]
+
     def known_instances(self) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(InstanceRow.sop_instance_uid)))
@@ -345,6 +378,10 @@ class Store:
                 first_received_at=st.first_received_at,
                 last_received_at=st.last_received_at,
                 series=tuple(sorted(series, key=lambda x: x.first_received_at)),
+                interrupted_at=st.interrupted_at
+                if st.interrupted_at is not None
+                and (st.released_at is None or st.interrupted_at > st.released_at)
+                else None,
             )
 
     def list_studies(self) -> list[dict[str, Any]]:

@@ -188,9 +188,9 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested, [tls]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_ended),
-            (evt.EVT_ABORTED, self._on_ended),
-            (evt.EVT_CONN_CLOSE, self._on_ended),
+            (evt.EVT_RELEASED, self._on_ended, [True]),
+            (evt.EVT_ABORTED, self._on_ended, [False]),
+            (evt.EVT_CONN_CLOSE, self._on_ended, [False]),
         ] + (
             [(evt.EVT_DIMSE_SENT, self._on_dimse_sent), (evt.EVT_PDU_SENT, self._on_pdu_sent)]
             if self.crash.armed
@@ -329,13 +329,19 @@ class StorageSCP:
                     self._acks_queued.discard(id(event.assoc))
                 self.crash.hit("receive.after_ack")
 
-    def _on_ended(self, event: Any) -> None:
+    def _on_ended(self, event: Any, released: bool) -> None:
+        """The first of released / aborted / connection closed for an association ends it."""
         with self._lock:
             session = self._sessions.pop(id(event.assoc), None)
         if session is None:
             return
         self.receiver.association_ended(
-            session.calling_ae, session.address, session.stored, session.refused, session.tls
+            session.calling_ae,
+            session.address,
+            session.stored,
+            session.refused,
+            session.tls,
+            clean=released,
         )
         studies = {study for study, _ in session.stored}
         if studies:

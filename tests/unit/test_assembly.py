@@ -196,3 +196,36 @@ def test_missing_geometry_is_reported() -> None:
     got = decide_at(model("t2"), study(series("1.2.9.2", "t2", 1000.0, geo)), 1020.0)
     assert isinstance(got, Waiting)
     assert "1 instance(s) lack ImagePositionPatient" in got.reason
+
+
+def test_a_study_whose_association_was_cut_off_waits_for_the_sender() -> None:
+    import dataclasses
+
+    m = model("t2")
+    st = study(series("1.2.9.2", "t2_tse", 1000.0, slices(prefix="1.2.9.6.")))
+    assert isinstance(decide_at(m, st, 1010.0), Ready)  # quiet: it looks complete
+    cut = dataclasses.replace(st, interrupted_at=1000.5)
+    waiting = decide_at(m, cut, 1010.0)
+    assert isinstance(waiting, Waiting) and "cut off" in waiting.reason
+    assert waiting.recheck_at == 1000.5 + CFG.interrupted_wait_s
+    assert isinstance(decide_at(m, cut, 1000.5 + CFG.interrupted_wait_s), Ready)
+
+
+def test_association_end_and_restart_mark_studies_interrupted(tmp_path) -> None:  # noqa: ANN001
+    from gateway.store import InstanceRecord, Store
+
+    db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    for uid in ("1.2.1", "1.2.2", "1.2.3"):
+        db.record_instance(
+            InstanceRecord(uid, uid + ".1", uid + ".1.1", "1.2.840.10008.5.1.4.1.1.4", "p", {}, {}),
+            calling_ae="S", called_ae="A", now=100.0,
+        )
+    db.association_ended(["1.2.1"], clean=True, now=101.0)
+    db.association_ended(["1.2.2"], clean=False, now=101.0)
+    assert db.study("1.2.1").interrupted_at is None
+    assert db.study("1.2.2").interrupted_at == 101.0
+    # 1.2.3's association was still open when the process stopped.
+    assert db.mark_unfinished_receptions(200.0) == ["1.2.3"]
+    assert db.study("1.2.3").interrupted_at == 200.0
+    db.association_ended(["1.2.2"], clean=True, now=300.0)  # the sender sent it again
+    assert db.study("1.2.2").interrupted_at is None
