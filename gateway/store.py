@@ -223,7 +223,27 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made by an earlier version up to date: add the columns it lacks
+        (all nullable or with a default). New tables were made by ``create_all``."""
+        from sqlalchemy import inspect, text
+
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    ddl = column.type.compile(dialect=self.engine.dialect)
+                    default = getattr(column.default, "arg", None)
+                    suffix = f" DEFAULT {default!r}" if isinstance(default, int | float) else ""
+                    conn.execute(
+                        text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}{suffix}")
+                    )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
