@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
 from gateway.config import PeerConfig
-from gateway.dicom.scp import peer_allowed
+from gateway.dicom.scp import allowed_peer, peer_allowed
 from gateway.dicom.scu import classify
 from gateway.errors import DeliveryRejected, InvalidInput, PeerBusy
 from gateway.receive import describe_instance
@@ -46,6 +46,12 @@ def test_peer_allowed_by_ae_title_and_pinned_host() -> None:
     assert not peer_allowed(PEERS, "storescu", "127.0.0.1")  # AE titles are case sensitive
     assert not peer_allowed(PEERS, "ANYONE", "127.0.0.1")
     assert not peer_allowed((), "STORESCU", "127.0.0.1")
+
+
+def test_peer_that_requires_tls_is_allowed_only_over_tls() -> None:
+    peers = (PeerConfig(ae_title="PACS", require_tls=True),)
+    assert allowed_peer(peers, "PACS", "10.1.1.1") is None
+    assert allowed_peer(peers, "PACS", "10.1.1.1", tls=True) == peers[0]
 
 
 def mr_dataset() -> Dataset:
