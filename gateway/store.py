@@ -655,31 +655,15 @@ class Store:
         no job waiting, queued, running or delivering, no failed job (it may be resent), and
         every delivery delivered. A study no rule matched (no jobs) is purgeable too."""
         with self.session() as s:
-            old = list(
-                s.scalars(select(StudyRow.study_uid).where(StudyRow.last_received_at < older_than))
-            )
-            out = []
-            for uid in old:
-                jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
-                if any(j.state != JobState.DONE.value for j in jobs):
-                    continue
-                ids = [j.id for j in jobs]
-                undelivered = s.scalar(
-                    select(func.count(DeliveryRow.id)).where(
-                        DeliveryRow.job_id.in_(ids),
-                        DeliveryRow.state != DeliveryState.DELIVERED.value,
-                    )
-                )
-                if not undelivered:
-                    out.append(uid)
-            return out
+            return _purgeable(s, older_than)
 
     def delete_study(self, study_uid: str, older_than: float) -> list[str]:
         """Delete a study's rows (instances, series, study; its jobs' RTSTRUCT paths are
-        cleared) if it is still purgeable; return the instance and RTSTRUCT paths to delete."""
-        if study_uid not in self.purgeable_studies(older_than):
-            return []
+        cleared) if it is still purgeable, in the same transaction as that check; return the
+        instance and RTSTRUCT paths to delete."""
         with self.session() as s:
+            if study_uid not in _purgeable(s, older_than, study_uid):
+                return []
             series = list(
                 s.scalars(select(SeriesRow.series_uid).where(SeriesRow.study_uid == study_uid))
             )
@@ -694,6 +678,26 @@ class Store:
             s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
             s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
             return paths
+
+
+def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[str]:
+    query = select(StudyRow.study_uid).where(StudyRow.last_received_at < older_than)
+    if only is not None:
+        query = query.where(StudyRow.study_uid == only)
+    out = []
+    for uid in s.scalars(query).all():
+        jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
+        if any(j.state != JobState.DONE.value for j in jobs):
+            continue
+        undelivered = s.scalar(
+            select(func.count(DeliveryRow.id)).where(
+                DeliveryRow.job_id.in_([j.id for j in jobs]),
+                DeliveryRow.state != DeliveryState.DELIVERED.value,
+            )
+        )
+        if not undelivered:
+            out.append(uid)
+    return out
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
