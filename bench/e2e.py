@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,10 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.config import DestinationConfig, load_config  # noqa: E402
+from bench.serve import start_gateway  # noqa: E402
+from gateway.config import load_config  # noqa: E402
 from gateway.demo import demo_config, free_port  # noqa: E402
 from gateway.dicom.node import ReceivingNode  # noqa: E402
-from gateway.dicom.scu import echo, store  # noqa: E402
+from gateway.dicom.scu import store  # noqa: E402
 from gateway.phantom import make_study, write_study  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
@@ -45,18 +45,8 @@ def main() -> int:
     text = cfg_path.read_text().replace("series_quiet_s: 10", f"series_quiet_s: {args.quiet_s}")
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
-        stdout=(work / "gateway.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    gw = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=port)
+    proc, gw = start_gateway(cfg_path, cfg, work)
     try:
-        deadline = time.monotonic() + 120
-        while not echo(gw, "AIRCON", timeout=2).ok:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("gateway did not start; see " + str(work / "gateway.log"))
-            time.sleep(0.3)
         db = Store(cfg.database.url)
         # Warm-up round: the model loads once per process.
         results = []

@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.serve import start_gateway  # noqa: E402
 from gateway.config import DestinationConfig, load_config  # noqa: E402
 from gateway.demo import demo_config, free_port  # noqa: E402
 from gateway.dicom.node import ReceivingNode  # noqa: E402
@@ -108,18 +108,8 @@ def main() -> int:
     raw["storage"] = {"min_free_mb": 100}
     cfg_path.write_text(yaml.safe_dump(raw))
     cfg = load_config(cfg_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
-        stdout=(work / "gateway.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    gw = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=port)
+    proc, gw = start_gateway(cfg_path, cfg, work)
     try:
-        deadline = time.monotonic() + 120
-        while not echo(gw, "AIRCON", timeout=2).ok:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("gateway did not start; see " + str(work / "gateway.log"))
-            time.sleep(0.3)
         db = Store(cfg.database.url)
 
         def stored() -> int:  # C-STOREs answered success, all senders (a resend counts again)
