@@ -260,10 +260,15 @@ class Receiver:
             self.studies_complete(studies)
         return len(studies)
 
+    def _audit(self, event: str, outcome: str, **fields: Any) -> None:
+        """One audit row; a failure to write it is logged, never raised into reception."""
+        try:
+            self.store.audit(event, outcome, **fields)
+        except Exception as exc:  # noqa: BLE001 - the audit must not take reception down
+            log.error("audit row (%s %s) could not be written: %s", event, outcome, exc)
+
     def audit_association(self, calling_ae: str, address: str, outcome: str, detail: str) -> None:
-        self.store.audit(
-            "association", outcome, calling_ae=calling_ae, address=address, detail=detail
-        )
+        self._audit("association", outcome, calling_ae=calling_ae, address=address, detail=detail)
 
     def association_ended(
         self,
@@ -277,6 +282,7 @@ class Receiver:
         """Record how an association ended (released, or cut off: its studies may be incomplete)
         and audit what it did: instances stored per series, refusals by reason."""
         how = ("TLS" if tls else "TCP") + ("" if clean else ", association cut off")
+        who = {"calling_ae": calling_ae, "address": address}
         studies = sorted({study for study, _ in stored})
         if studies:
             self.store.association_ended(studies, clean, time.time())
@@ -288,37 +294,20 @@ class Receiver:
                     sum(stored.values()),
                     len(studies),
                 )
-        try:
-            for (study_uid, series_uid), n in sorted(stored.items()):
-                self.store.audit(
-                    "received",
-                    "stored",
-                    calling_ae=calling_ae,
-                    address=address,
-                    study_uid=study_uid,
-                    series_uid=series_uid,
-                    instances=n,
-                    detail=how,
-                )
-            for why, n in sorted(refused.items()):
-                self.store.audit(
-                    "received",
-                    "refused",
-                    calling_ae=calling_ae,
-                    address=address,
-                    instances=n,
-                    detail=why,
-                )
-            if not stored and not refused:
-                self.store.audit(
-                    "association",
-                    "no instances",
-                    calling_ae=calling_ae,
-                    address=address,
-                    detail=how,
-                )
-        except Exception as exc:  # noqa: BLE001 - the audit must not take reception down
-            log.error("audit of an association from %r failed: %s", calling_ae, exc)
+        for (study_uid, series_uid), n in sorted(stored.items()):
+            self._audit(
+                "received",
+                "stored",
+                **who,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                instances=n,
+                detail=how,
+            )
+        for why, n in sorted(refused.items()):
+            self._audit("received", "refused", **who, instances=n, detail=why)
+        if not stored and not refused:
+            self._audit("association", "no instances", **who, detail=how)
 
     def studies_complete(self, study_uids: set[str]) -> None:
         """An association ended: its studies may be complete once quiet."""
