@@ -14,7 +14,6 @@ Run: ``python bench/e2e.py``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve import start_gateway  # noqa: E402
+from bench.serve import running_gateway  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.demo import demo_config, free_port  # noqa: E402
 from gateway.dicom.node import ReceivingNode  # noqa: E402
@@ -45,45 +44,44 @@ def main() -> int:
     text = cfg_path.read_text().replace("series_quiet_s: 10", f"series_quiet_s: {args.quiet_s}")
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)
-    proc, gw = start_gateway(cfg_path, cfg, work)
-    try:
-        db = Store(cfg.database.url)
-        # Warm-up round: the model loads once per process.
-        results = []
-        for r in range(args.rounds + 1):
-            for f in node.files():
-                f.unlink()
-            written = write_study(make_study(5000 + r), work / f"study{r}", seed=5000 + r)
-            store(gw, "AIRCON", [f for s in written.values() for f in s.files])
-            t_ack = time.time()
-            while not node.files():
-                time.sleep(0.01)
-            t_rt = time.time()
-            while True:
-                job = db.list_jobs(limit=1)[0]
-                if job.state in ("done", "failed"):
-                    break
-                time.sleep(0.05)
-            model_s = job.stages["segment"] - job.stages["volume"]
-            volume_s = job.stages["volume"] - job.stages["started"]
-            total = t_rt - t_ack
-            overhead = total - cfg.assembly.series_quiet_s - model_s
-            label = "warm-up" if r == 0 else f"round {r}"
+    with running_gateway(cfg_path, cfg, work) as (_, gw):
+        try:
+            db = Store(cfg.database.url)
+            # Warm-up round: the model loads once per process.
+            results = []
+            for r in range(args.rounds + 1):
+                for f in node.files():
+                    f.unlink()
+                written = write_study(make_study(5000 + r), work / f"study{r}", seed=5000 + r)
+                store(gw, "AIRCON", [f for s in written.values() for f in s.files])
+                t_ack = time.time()
+                while not node.files():
+                    time.sleep(0.01)
+                t_rt = time.time()
+                while True:
+                    job = db.list_jobs(limit=1)[0]
+                    if job.state in ("done", "failed"):
+                        break
+                    time.sleep(0.05)
+                model_s = job.stages["segment"] - job.stages["volume"]
+                volume_s = job.stages["volume"] - job.stages["started"]
+                total = t_rt - t_ack
+                overhead = total - cfg.assembly.series_quiet_s - model_s
+                label = "warm-up" if r == 0 else f"round {r}"
+                print(
+                    f"{label}: ack->RTSTRUCT {total:.2f} s, "
+                    f"quiet {cfg.assembly.series_quiet_s:.1f} s, "
+                    f"model {model_s:.2f} s (read+resample {volume_s:.2f} s, merge+RTSTRUCT "
+                    f"{job.results.get('merge_s', 0):.2f} s), overhead {overhead:.2f} s"
+                )
+                if r:
+                    results.append(overhead)
             print(
-                f"{label}: ack->RTSTRUCT {total:.2f} s, quiet {cfg.assembly.series_quiet_s:.1f} s, "
-                f"model {model_s:.2f} s (read+resample {volume_s:.2f} s, merge+RTSTRUCT "
-                f"{job.results.get('merge_s', 0):.2f} s), overhead {overhead:.2f} s"
+                f"median overhead over {len(results)} warm rounds: "
+                f"{sorted(results)[len(results) // 2]:.2f} s"
             )
-            if r:
-                results.append(overhead)
-        print(
-            f"median overhead over {len(results)} warm rounds: "
-            f"{sorted(results)[len(results) // 2]:.2f} s"
-        )
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-        node.stop()
+        finally:
+            node.stop()
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import signal
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve import start_gateway  # noqa: E402
+from bench.serve import running_gateway  # noqa: E402
 from gateway.config import DestinationConfig, load_config  # noqa: E402
 from gateway.demo import demo_config, free_port  # noqa: E402
 from gateway.dicom.node import ReceivingNode  # noqa: E402
@@ -108,57 +107,57 @@ def main() -> int:
     raw["storage"] = {"min_free_mb": 100}
     cfg_path.write_text(yaml.safe_dump(raw))
     cfg = load_config(cfg_path)
-    proc, gw = start_gateway(cfg_path, cfg, work)
-    try:
-        db = Store(cfg.database.url)
+    with running_gateway(cfg_path, cfg, work) as (proc, gw):
+        try:
+            db = Store(cfg.database.url)
 
-        def stored() -> int:  # C-STOREs answered success, all senders (a resend counts again)
-            rows = db.audit_rows()
-            return sum(
-                r["instances"]
-                for r in rows
-                if r["event"] == "received" and r["outcome"] == "stored"
+            def stored() -> int:  # C-STOREs answered success, all senders (a resend counts again)
+                rows = db.audit_rows()
+                return sum(
+                    r["instances"]
+                    for r in rows
+                    if r["event"] == "received" and r["outcome"] == "stored"
+                )
+
+            measure(gw, series.files, 1, 3)  # warm-up
+            quiet_rtt, quiet_rate = measure(gw, series.files, args.rounds, args.echoes)
+            print(f"quiet:        C-ECHO {quiet_rtt:.1f} ms, C-STORE {quiet_rate:.0f} inst/s")
+            stop = multiprocessing.Event()
+            counter = multiprocessing.Value("i", 0)
+            # Malformed C-STOREs from several processes, the 50 concurrent associations, and the
+            # idle and garbage connections, all at once.
+            groups = [{"c-store"}] * args.attackers + [
+                {"tcp-idle", "association-idle", "tcp-bytes"}
+            ]
+            if not args.no_burst:
+                groups.append({"concurrent"})
+            attackers = [
+                multiprocessing.Process(target=attack, args=(port, corpus, kinds, stop, counter))
+                for kinds in groups
+            ]
+            for a in attackers:
+                a.start()
+            time.sleep(5)  # let the replay get going
+            before, stored_before, t0 = counter.value, stored(), time.monotonic()
+            hostile_rtt, hostile_rate = measure(gw, series.files, args.rounds, args.echoes)
+            during = counter.value - before
+            total_rate = (stored() - stored_before) / (time.monotonic() - t0)
+            stop.set()
+            for a in attackers:
+                a.join(120)
+            print(
+                f"under attack: C-ECHO {hostile_rtt:.1f} ms, C-STORE {hostile_rate:.0f} inst/s "
+                f"({during} corpus cases replayed by {len(attackers)} processes meanwhile; all "
+                f"senders together {total_rate:.0f} inst/s accepted)"
             )
-
-        measure(gw, series.files, 1, 3)  # warm-up
-        quiet_rtt, quiet_rate = measure(gw, series.files, args.rounds, args.echoes)
-        print(f"quiet:        C-ECHO {quiet_rtt:.1f} ms, C-STORE {quiet_rate:.0f} inst/s")
-        stop = multiprocessing.Event()
-        counter = multiprocessing.Value("i", 0)
-        # Malformed C-STOREs from several processes, the 50 concurrent associations, and the
-        # idle and garbage connections, all at once.
-        groups = [{"c-store"}] * args.attackers + [{"tcp-idle", "association-idle", "tcp-bytes"}]
-        if not args.no_burst:
-            groups.append({"concurrent"})
-        attackers = [
-            multiprocessing.Process(target=attack, args=(port, corpus, kinds, stop, counter))
-            for kinds in groups
-        ]
-        for a in attackers:
-            a.start()
-        time.sleep(5)  # let the replay get going
-        before, stored_before, t0 = counter.value, stored(), time.monotonic()
-        hostile_rtt, hostile_rate = measure(gw, series.files, args.rounds, args.echoes)
-        during = counter.value - before
-        total_rate = (stored() - stored_before) / (time.monotonic() - t0)
-        stop.set()
-        for a in attackers:
-            a.join(120)
-        print(
-            f"under attack: C-ECHO {hostile_rtt:.1f} ms, C-STORE {hostile_rate:.0f} inst/s "
-            f"({during} corpus cases replayed by {len(attackers)} processes meanwhile; all "
-            f"senders together {total_rate:.0f} inst/s accepted)"
-        )
-        print(
-            f"ratio (under attack / quiet): C-ECHO round trip x{hostile_rtt / quiet_rtt:.2f}, "
-            f"C-STORE rate x{hostile_rate / quiet_rate:.2f}"
-        )
-        if proc.poll() is not None:
-            raise SystemExit("the gateway died under the corpus")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-        node.stop()
+            print(
+                f"ratio (under attack / quiet): C-ECHO round trip x{hostile_rtt / quiet_rtt:.2f}, "
+                f"C-STORE rate x{hostile_rate / quiet_rate:.2f}"
+            )
+            if proc.poll() is not None:
+                raise SystemExit("the gateway died under the corpus")
+        finally:
+            node.stop()
     return 0
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.dicom.scu import echo
 
 
-def start_gateway(
+@contextmanager
+def running_gateway(
     cfg_path: Path, cfg: GatewayConfig, work: Path, timeout: float = 120
-) -> tuple[subprocess.Popen[bytes], DestinationConfig]:
-    """``aircon serve`` on ``cfg_path`` (log in ``work/gateway.log``), ready to receive."""
+) -> Iterator[tuple[subprocess.Popen[bytes], DestinationConfig]]:
+    """``aircon serve`` on ``cfg_path`` (log in ``work/gateway.log``), ready to receive; stopped
+    (SIGINT, then killed after 30 s) on exit."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "-c", str(cfg_path), "serve"],
         stdout=(work / "gateway.log").open("wb"),
@@ -27,4 +32,11 @@ def start_gateway(
             proc.kill()
             raise SystemExit("gateway did not start; see " + str(work / "gateway.log"))
         time.sleep(0.3)
-    return proc, gw
+    try:
+        yield proc, gw
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
