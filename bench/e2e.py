@@ -24,11 +24,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.serve import running_gateway  # noqa: E402
 from gateway.config import load_config  # noqa: E402
-from gateway.demo import demo_config, free_port  # noqa: E402
-from gateway.dicom.node import ReceivingNode  # noqa: E402
+from gateway.db.database import Store  # noqa: E402
+from gateway.demo.node import ReceivingNode  # noqa: E402
+from gateway.demo.phantom import make_study, write_study  # noqa: E402
+from gateway.demo.run import demo_config, free_port  # noqa: E402
 from gateway.dicom.scu import store  # noqa: E402
-from gateway.phantom import make_study, write_study  # noqa: E402
-from gateway.store import Store  # noqa: E402
 
 
 def main() -> int:

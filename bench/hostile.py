@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.serve import running_gateway  # noqa: E402
 from gateway.config import DestinationConfig, load_config  # noqa: E402
-from gateway.demo import demo_config, free_port  # noqa: E402
-from gateway.dicom.node import ReceivingNode  # noqa: E402
+from gateway.db.database import Store  # noqa: E402
+from gateway.demo.node import ReceivingNode  # noqa: E402
+from gateway.demo.phantom import make_phantom, write_dicom_series  # noqa: E402
+from gateway.demo.run import demo_config, free_port  # noqa: E402
 from gateway.dicom.scu import echo, store  # noqa: E402
-from gateway.phantom import make_phantom, write_dicom_series  # noqa: E402
-from gateway.store import Store  # noqa: E402
 from tests.corpus.generate import generate  # noqa: E402
 from tests.corpus.replay import SENDERS, raw_sending  # noqa: E402
 

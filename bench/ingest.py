@@ -31,11 +31,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
 from gateway.config import parse_config
-from gateway.demo import free_port
+from gateway.db.database import Store
+from gateway.demo.run import free_port
 from gateway.dicom.scp import StorageSCP
-from gateway.receive import Receiver
-from gateway.spool import Spool
-from gateway.store import Store
+from gateway.receive.receiver import Receiver
+from gateway.receive.spool import Spool
 
 ROOT = "1.2.826.0.1.3680043.8.498.77."
 SEND_TIMEOUT_S = 300

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.db.database import Store
 from gateway.failpoints import CrashPoints
-from gateway.jobs import HueyDispatcher, make_huey
 from gateway.pipeline import Pipeline
-from gateway.receive import Receiver
-from gateway.spool import Spool
-from gateway.store import Store
+from gateway.queue import HueyDispatcher, make_huey
+from gateway.receive.receiver import Receiver
+from gateway.receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class Gateway:
 
     def _warm_models(self) -> None:
         # Import the heavy stage modules now (rt-utils pulls OpenCV), not in the first job.
-        import gateway.imaging
-        import gateway.rtstruct  # noqa: F401
+        import gateway.contour.rtstruct  # noqa: F401
 
         names = {m for r in self.cfg.rules for m in r.models}
         for name in sorted(names):

@@ -64,7 +64,7 @@ def cmd_audit(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     import csv
     from datetime import datetime
 
-    from gateway.store import AUDIT_COLUMNS
+    from gateway.db.database import AUDIT_COLUMNS
 
     rows = _store(cfg).audit_rows(
         since=parse_when(args.since), until=parse_when(args.until) if args.until else None
@@ -105,7 +105,7 @@ def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         f"{len(cfg.rules)} rule(s), {len(cfg.models)} model(s), "
         f"{len(cfg.destinations)} destination(s)"
     )
-    from gateway.structures import plan_structures
+    from gateway.contour.structures import plan_structures
 
     for m in cfg.models.values():
         channels = ", ".join(c.name + (" (primary)" if c.primary else "") for c in m.inputs)
@@ -171,7 +171,7 @@ def cmd_send(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def _store(cfg: GatewayConfig) -> Any:
-    from gateway.store import Store
+    from gateway.db.database import Store
 
     return Store(cfg.database.url)
 
@@ -234,7 +234,7 @@ def cmd_resend(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
-    from gateway.demo import REPO, run_demo
+    from gateway.demo.run import REPO, run_demo
 
     if not cfg_path.is_file() and args.config == DEFAULT_CONFIG:
         cfg_path = REPO / DEFAULT_CONFIG  # the embedded config, from any working directory

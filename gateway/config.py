@@ -491,7 +491,7 @@ class GatewayConfig(_Frozen):
     faults: FaultsConfig = FaultsConfig()
     rules: tuple[RuleConfig, ...] = ()
     # Clinic ROI naming: model label name (case-insensitive) -> clinic name, colour and type.
-    # Entries here extend and override the built-in TG-263 names (gateway.structures).
+    # Entries here extend and override the built-in TG-263 names (gateway.contour.structures).
     roi_names: dict[str, RoiSpec] = Field(default_factory=dict)
     # Filled by the loader from paths.models.
     models: dict[str, ModelSpec] = Field(default_factory=dict)
@@ -689,7 +689,7 @@ def parse_config(
         if names.index(name) != i:
             problems.append((f"rules[{i}].name", f"duplicate rule name '{name}'"))
     if models is not None and not problems:
-        from gateway.structures import plan_structures
+        from gateway.contour.structures import plan_structures
 
         for i, rule in enumerate(cfg.rules):
             try:

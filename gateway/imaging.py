@@ -5,7 +5,7 @@ row, column); the image's spacing is ``(x, y, z)`` = (column spacing, row spacin
 spacing) in mm, i.e. ``(PixelSpacing[1], PixelSpacing[0], slice spacing)``. The direction's
 columns are the row direction (first ImageOrientationPatient triplet), the column direction
 (second triplet) and the slice normal; slices are sorted ascending along that normal
-(see :mod:`gateway.geometry`), so an oblique acquisition keeps its orientation.
+(see :mod:`gateway.study.geometry`), so an oblique acquisition keeps its orientation.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from gateway.errors import InvalidInput
-from gateway.geometry import SliceGeometry, check_volume, slice_normal
+from gateway.study.geometry import SliceGeometry, check_volume, slice_normal
 
 logger = logging.getLogger(__name__)
 

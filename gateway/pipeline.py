@@ -21,8 +21,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway import assembly, routing
 from gateway.config import GatewayConfig, ModelSpec
+from gateway.db.database import (
+    TERMINAL,
+    DeliveryState,
+    JobRow,
+    JobState,
+    Store,
+    StudyInfo,
+    StudyTimes,
+)
 from gateway.errors import (
     GatewayError,
     InvalidInput,
@@ -32,15 +40,7 @@ from gateway.errors import (
 )
 from gateway.failpoints import CrashPoints
 from gateway.segment.base import Grid
-from gateway.store import (
-    TERMINAL,
-    DeliveryState,
-    JobRow,
-    JobState,
-    Store,
-    StudyInfo,
-    StudyTimes,
-)
+from gateway.study import assembly, routing
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,9 @@ class Pipeline:
         return [Path(p) for p in series.paths.values()]  # read_series sorts along the normal
 
     def _run(self, job_id: int) -> None:
-        from gateway import imaging, rtstruct
-        from gateway.structures import plan_structures
+        from gateway import imaging
+        from gateway.contour import rtstruct
+        from gateway.contour.structures import plan_structures
 
         job = self.store.job(job_id)
         assert job is not None

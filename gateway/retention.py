@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import StorageConfig
-from gateway.store import Store
+from gateway.db.database import Store
 
 log = logging.getLogger(__name__)
 

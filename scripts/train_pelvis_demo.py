@@ -3,7 +3,7 @@
 Two models: ``pelvis-demo`` (one channel: T2) and ``pelvis-dixon-demo`` (two channels: T2 and
 the Dixon water image resampled onto the T2 grid, as the gateway does at inference).
 
-DEMONSTRATION ONLY: the model sees nothing but :mod:`gateway.phantom` volumes and is not fit
+DEMONSTRATION ONLY: the model sees nothing but :mod:`gateway.demo.phantom` volumes and is not fit
 for clinical use. It exists so that the gateway can be run end to end with a real nnU-Net.
 
 Steps: write phantoms as an nnU-Net raw dataset (NIfTI via SimpleITK, as nnU-Net's SimpleITKIO
@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from gateway.demo.phantom import LABEL_NAMES, dice_scores, make_phantom, make_study  # noqa: E402
 from gateway.imaging import resample_to  # noqa: E402
-from gateway.phantom import LABEL_NAMES, dice_scores, make_phantom, make_study  # noqa: E402
 
 logger = logging.getLogger("train_pelvis_demo")
 
@@ -101,7 +101,7 @@ MODELS: dict[str, dict[str, Any]] = {
             "version": "1.0.0",
             "description": (
                 "DEMONSTRATION MODEL trained only on synthetic pelvis MR phantoms "
-                f"(gateway.phantom, scripts/train_pelvis_demo.py). {_NOT_CLINICAL}"
+                f"(gateway.demo.phantom, scripts/train_pelvis_demo.py). {_NOT_CLINICAL}"
             ),
             "nnunet": _NNUNET,
             "inputs": [_T2],
@@ -118,7 +118,7 @@ MODELS: dict[str, dict[str, Any]] = {
             "version": "1.0.0",
             "description": (
                 "DEMONSTRATION MODEL with two inputs (T2 + Dixon water resampled onto the T2 "
-                "grid), trained only on synthetic pelvis MR phantom studies (gateway.phantom."
+                "grid), trained only on synthetic pelvis MR phantom studies (gateway.demo.phantom."
                 f"make_study, scripts/train_pelvis_demo.py). {_NOT_CLINICAL}"
             ),
             "nnunet": _NNUNET,
@@ -205,7 +205,7 @@ def write_raw_dataset(raw_dir: Path, seeds: list[int], model: dict[str, Any]) ->
         num_training_cases=len(seeds),
         file_ending=".nii.gz",
         dataset_name=raw_dir.name,
-        description="Synthetic pelvis MR phantoms (gateway.phantom). Not patient data.",
+        description="Synthetic pelvis MR phantoms (gateway.demo.phantom). Not patient data.",
         license="Apache-2.0",
     )
 

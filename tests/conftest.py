@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.demo import free_port
+from gateway.demo.run import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -193,7 +193,7 @@ class GatewayProcess:
         return (self.work / "gateway.log").read_text(errors="replace")
 
     def store(self) -> Any:
-        from gateway.store import Store
+        from gateway.db.database import Store
 
         return Store(self.cfg.database.url)
 

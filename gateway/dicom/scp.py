@@ -42,12 +42,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
+from gateway.db.database import InstanceRecord
 from gateway.dicom import status
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
 from gateway.failpoints import CrashPoints
-from gateway.receive import Receiver
-from gateway.store import InstanceRecord
+from gateway.receive.receiver import Receiver
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ manifest) and the outcome the gateway must produce (``expect``, an :class:`Expec
 DICOM files whose bytes after the File Meta Information are what a C-STORE carries (sent as
 they are, never decoded and re-encoded), or raw bytes for a TCP connection (``.bin``).
 
-No patient data: the pixels are synthetic phantoms (``gateway.phantom``), the names are made up
+No patient data: the pixels are synthetic phantoms (``gateway.demo.phantom``), the names are made up
 and every UID is derived from the case name under pydicom's UID root. The corpus is generated at
 test time (``tests/corpus/test_corpus.py``); only this script is kept in the repository.
 """
@@ -50,9 +50,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from gateway.phantom import Phantom, make_phantom, write_dicom_series
+from gateway.demo.phantom import Phantom, make_phantom, write_dicom_series
 
-UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as gateway.phantom uses
+UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as gateway.demo.phantom uses
 CALLING_AE = "STORESCU"  # an allowed peer in the test config
 UNKNOWN_AE = "INTRUDER"  # not an allowed peer
 ESCAPE = "aircon-escape"  # in every path-traversal UID: no file or folder may carry this name

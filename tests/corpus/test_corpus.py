@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from gateway.dicom.node import ReceivingNode
-from gateway.phantom import make_phantom, write_dicom_series
+from gateway.demo.node import ReceivingNode
+from gateway.demo.phantom import make_phantom, write_dicom_series
 from gateway.uids import is_valid_uid
 from tests.conftest import GatewayProcess, dcmtk_env, free_port, wait_for
 from tests.corpus.generate import Case, Expect, generate, load

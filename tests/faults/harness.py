@@ -50,9 +50,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.config import CRASH_POINTS
-from gateway.demo import free_port
-from gateway.dicom.node import ReceivingNode
-from gateway.store import TERMINAL, DeliveryState, JobState, Store
+from gateway.db.database import TERMINAL, DeliveryState, JobState, Store
+from gateway.demo.node import ReceivingNode
+from gateway.demo.run import free_port
 from tests.conftest import REPO, GatewayProcess, dcmtk_env, rule, write_gateway_config
 
 # Kills from outside the gateway process.
@@ -187,7 +187,7 @@ class Study:
 
 def write_template(folder: Path, seed: int = 7) -> Path:
     """Write the phantom T2 series once; trials clone it with new UIDs."""
-    from gateway.phantom import make_phantom, write_dicom_series
+    from gateway.demo.phantom import make_phantom, write_dicom_series
 
     if not (folder.is_dir() and len(list(folder.glob("*.dcm"))) == INSTANCES):
         write_dicom_series(make_phantom(seed), folder, seed=seed)

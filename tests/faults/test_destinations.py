@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from gateway.dicom.node import ReceivingNode
-from gateway.phantom import make_phantom, write_dicom_series
+from gateway.demo.node import ReceivingNode
+from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -89,6 +89,6 @@ def test_demo_phantom(tmp_path: Path) -> None:
     assert any(m["state"] == "done" for m in summary["models"].values())
     assert {"segment", "rtstruct", "send"} <= set(summary["timings_s"])
     assert Path(summary["png"]).stat().st_size > 10_000
-    # The phantom's patient name and ID (gateway.phantom.write_study) are never printed.
+    # The phantom's patient name and ID (gateway.demo.phantom.write_study) are never printed.
     for secret in ("PHANTOM^PELVIS", "PHANTOM-0001"):
         assert secret not in r.stdout and secret not in r.stderr

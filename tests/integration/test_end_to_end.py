@@ -13,8 +13,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from gateway.config import load_model
-from gateway.contours import dice, rasterize_rtstruct
-from gateway.dicom.node import ReceivingNode
+from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.node import ReceivingNode
 from gateway.imaging import read_series, volume_cc
 from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule, wait_for
 
@@ -106,8 +106,10 @@ def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) 
     assert 25.0 <= volume_cc(mask, volume.image.GetSpacing()) <= 60.0
     img = volume.image
     points = np.array(
-        [img.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
-         for z, y, x in np.argwhere(mask)[::50]]
+        [
+            img.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+            for z, y, x in np.argwhere(mask)[::50]
+        ]
     )
     centre = img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()])
     assert np.linalg.norm(points.mean(axis=0)[:2] - np.array(centre)[:2]) <= 25.0
@@ -133,7 +135,7 @@ def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) 
 
 def test_phantom_dice_and_resend_keeps_one_uid(make_gateway, orthanc, tmp_path) -> None:
     """A phantom with known truth: Dice >= 0.90 per ROI; sent twice, still one RTSTRUCT UID."""
-    from gateway.phantom import make_phantom, write_dicom_series
+    from gateway.demo.phantom import make_phantom, write_dicom_series
 
     phantom = make_phantom(4242)
     series = write_dicom_series(phantom, tmp_path / "study", seed=4242)
@@ -158,7 +160,7 @@ def test_phantom_dice_and_resend_keeps_one_uid(make_gateway, orthanc, tmp_path) 
 
 
 def test_destination_down_at_first_receives_after_retry(make_gateway, tmp_path) -> None:
-    from gateway.phantom import make_phantom, write_dicom_series
+    from gateway.demo.phantom import make_phantom, write_dicom_series
 
     dest_port = free_port()
     series = write_dicom_series(make_phantom(77), tmp_path / "study", seed=77)
@@ -192,7 +194,7 @@ def test_destination_down_at_first_receives_after_retry(make_gateway, tmp_path) 
 
 def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
     """Instances acknowledged before a SIGKILL are processed after the restart, exactly once."""
-    from gateway.phantom import make_phantom, write_dicom_series
+    from gateway.demo.phantom import make_phantom, write_dicom_series
 
     write_dicom_series(make_phantom(31), tmp_path / "study", seed=31)
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=free_port())
@@ -227,7 +229,7 @@ def _aircon(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_parked_delivery_is_resent_with_the_cli(make_gateway, tmp_path) -> None:
     """After max_attempts the delivery is parked; `aircon resend JOB` delivers it once the
     destination is back, through the running gateway's queue."""
-    from gateway.phantom import make_phantom, write_dicom_series
+    from gateway.demo.phantom import make_phantom, write_dicom_series
 
     dest_port = free_port()
     write_dicom_series(make_phantom(55), tmp_path / "study", seed=55)

@@ -16,10 +16,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom import dcmread
 
-from gateway.contours import dice, rasterize_rtstruct
-from gateway.dicom.node import ReceivingNode
+from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.node import ReceivingNode
+from gateway.demo.phantom import make_phantom, make_study, write_dicom_series, write_study
 from gateway.imaging import read_series, volume_cc
-from gateway.phantom import make_phantom, make_study, write_dicom_series, write_study
 from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule
 
 pytestmark = pytest.mark.integration
@@ -43,9 +43,20 @@ def _models_dir(tmp_path: Path, *names: str) -> Path:
 
 def _storescu(port: int, files: list[Path], calling_ae: str = "STORESCU") -> None:
     r = subprocess.run(
-        ["storescu", "-aet", calling_ae, "-aec", "AIRCON", "127.0.0.1", str(port),
-         *map(str, files)],
-        capture_output=True, text=True, env=dcmtk_env(), timeout=300,
+        [
+            "storescu",
+            "-aet",
+            calling_ae,
+            "-aec",
+            "AIRCON",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -107,11 +118,16 @@ def test_four_series_study_and_a_study_without_dixon(make_gateway, node, tmp_pat
     assert job["state"] == "done" and job["reason"] == "", job
     rt = _rt_for(node, written["t2"].study_uid)
     assert set(_rois(rt).values()) == {"pelvis-dixon-demo 1.0.0"}
-    refd = {str(se.SeriesInstanceUID) for fr in rt.ReferencedFrameOfReferenceSequence
-            for st in fr.RTReferencedStudySequence for se in st.RTReferencedSeriesSequence}
+    refd = {
+        str(se.SeriesInstanceUID)
+        for fr in rt.ReferencedFrameOfReferenceSequence
+        for st in fr.RTReferencedStudySequence
+        for se in st.RTReferencedSeriesSequence
+    }
     assert refd == {written["t2"].series_uid}  # on the T2 grid, not the Dixon one
-    masks = rasterize_rtstruct(rt, [dcmread(f, stop_before_pixels=True)
-                                    for f in written["t2"].files])
+    masks = rasterize_rtstruct(
+        rt, [dcmread(f, stop_before_pixels=True) for f in written["t2"].files]
+    )
     truth = sitk.GetArrayFromImage(full.t2.labels)
     for label, name in ((1, "Prostate"), (2, "Bladder"), (3, "Rectum")):
         assert dice(masks[name], truth == label) >= 0.90, name
@@ -170,7 +186,8 @@ def test_failing_external_models_fail_their_jobs_and_the_gateway_keeps_serving(
 
     ok = subprocess.run(
         ["echoscu", "-aet", "ECHOSCU", "-aec", "AIRCON", "127.0.0.1", str(gw.port)],
-        capture_output=True, env=dcmtk_env(),
+        capture_output=True,
+        env=dcmtk_env(),
     )
     assert ok.returncode == 0
     good = write_dicom_series(make_phantom(650), tmp_path / "good", seed=650)
@@ -206,7 +223,8 @@ def test_pelvis_demo_and_taps_merge_into_one_structure_set(
     others = {name: made for name, made in rois.items() if name != "Prostate"}
     assert others and set(others.values()) == {"pelvis-demo 1.0.0"}
     assert {str(e.ManufacturerModelName) for e in rt.ContributingEquipmentSequence} == {
-        "pelvis-demo", "taps"
+        "pelvis-demo",
+        "taps",
     }
     volume = read_series(sorted(PROSTATEX_T2.glob("*.dcm")))
     prostate = rasterize_rtstruct(rt, volume)["Prostate"]

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from gateway.phantom import MR_IMAGE_STORAGE, SeriesInfo, make_phantom, write_dicom_series
+from gateway.demo.phantom import MR_IMAGE_STORAGE, SeriesInfo, make_phantom, write_dicom_series
 
 pytestmark = pytest.mark.integration
 

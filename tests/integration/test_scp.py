@@ -10,12 +10,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway.config import DestinationConfig, LimitsConfig, PeerConfig, StorageConfig
+from gateway.db.database import Store
 from gateway.dicom.scp import StorageSCP
 from gateway.dicom.scu import store
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
-from gateway.receive import Receiver
-from gateway.spool import Spool
-from gateway.store import Store
+from gateway.receive.receiver import Receiver
+from gateway.receive.spool import Spool
 from tests.conftest import wait_for
 
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from gateway.config import ModelSpec, SegmentationConfig, load_model
-from gateway.phantom import dice_scores, make_phantom, write_dicom_series
+from gateway.demo.phantom import dice_scores, make_phantom, write_dicom_series
 from gateway.segment import NnUNetSegmenter
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from gateway.phantom import SeriesInfo, make_phantom, write_dicom_series
+from gateway.demo.phantom import SeriesInfo, make_phantom, write_dicom_series
 from tests.conftest import GatewayProcess, dcmtk_env, free_port, wait_for, write_gateway_config
 from tests.tls_certs import Authority, CertKey, Pki, make_pki, openssl_available
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.assembly import Failed, Ready, Waiting, decide
 from gateway.config import AssemblyConfig, ModelSpec
-from gateway.geometry import SliceGeometry
-from gateway.store import SeriesInfo, StudyInfo
+from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.study.assembly import Failed, Ready, Waiting, decide
+from gateway.study.geometry import SliceGeometry
 
 CFG = AssemblyConfig(series_quiet_s=10.0, study_timeout_s=600.0)
 OPENED = 1000.0
@@ -141,26 +141,46 @@ def _bad_cases() -> dict[str, tuple[list[SliceGeometry], str]]:
     orientation = oblique()
     two_frames = slices(n=10)
     two_frames[5:] = [
-        SliceGeometry(s.sop_instance_uid, "1.2.9.99", s.position, s.orientation,
-                      s.pixel_spacing, s.rows, s.columns)
+        SliceGeometry(
+            s.sop_instance_uid,
+            "1.2.9.99",
+            s.position,
+            s.orientation,
+            s.pixel_spacing,
+            s.rows,
+            s.columns,
+        )
         for s in two_frames[5:]
     ]
     normal = np.cross(orientation[:3], orientation[3:])
     sheared = [
-        SliceGeometry(s.sop_instance_uid, s.frame_of_reference_uid,
-                      tuple(float(v) for v in np.asarray(s.position)  # type: ignore[arg-type]
-                            + k * 0.5 * np.asarray(orientation[:3])),
-                      s.orientation, s.pixel_spacing, s.rows, s.columns)
+        SliceGeometry(
+            s.sop_instance_uid,
+            s.frame_of_reference_uid,
+            tuple(
+                float(v)
+                for v in np.asarray(s.position)  # type: ignore[arg-type]
+                + k * 0.5 * np.asarray(orientation[:3])
+            ),
+            s.orientation,
+            s.pixel_spacing,
+            s.rows,
+            s.columns,
+        )
         for k, s in enumerate(slices(n=10, orientation=orientation))
     ]
     assert abs(np.dot(np.asarray(sheared[9].position) - sheared[0].position, normal) - 27.0) < 1e-6
     return {
-        "gap": (slices(heights=[0, 3, 6, 9, 15, 18, 21], orientation=orientation),
-                "gap in slice positions: 6.00 mm step where spacing is 3.00 mm (1 gap(s))"),
+        "gap": (
+            slices(heights=[0, 3, 6, 9, 15, 18, 21], orientation=orientation),
+            "gap in slice positions: 6.00 mm step where spacing is 3.00 mm (1 gap(s))",
+        ),
         "duplicate": (slices(heights=[0, 3, 6, 6, 9, 12]), "1 duplicate slice position(s)"),
         "two frames": (two_frames, "2 frames of reference in one series"),
-        "non-uniform": (slices(heights=[0, 3, 6, 8, 11, 14, 17]),
-                        "non-uniform slice spacing (2.00-3.00 mm)"),
+        "non-uniform": (
+            slices(heights=[0, 3, 6, 8, 11, 14, 17]),
+            "non-uniform slice spacing (2.00-3.00 mm)",
+        ),
         "sheared": (sheared, "slice positions are not along the slice normal (sheared or tilted)"),
     }
 
@@ -212,13 +232,15 @@ def test_a_study_whose_association_was_cut_off_waits_for_the_sender() -> None:
 
 
 def test_association_end_and_restart_mark_studies_interrupted(tmp_path) -> None:  # noqa: ANN001
-    from gateway.store import InstanceRecord, Store
+    from gateway.db.database import InstanceRecord, Store
 
     db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     for uid in ("1.2.1", "1.2.2", "1.2.3"):
         db.record_instance(
             InstanceRecord(uid, uid + ".1", uid + ".1.1", "1.2.840.10008.5.1.4.1.1.4", "p", {}, {}),
-            calling_ae="S", called_ae="A", now=100.0,
+            calling_ae="S",
+            called_ae="A",
+            now=100.0,
         )
     db.association_ended(["1.2.1"], clean=True, now=101.0)
     db.association_ended(["1.2.2"], clean=False, now=101.0)

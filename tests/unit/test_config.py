@@ -81,8 +81,11 @@ def test_weights_hash_is_over_the_named_files(tmp_path: Path) -> None:
     make_model(tmp_path / "models")
     cfg = parse_config({}, tmp_path)
     digest = hashlib.sha256()
-    for name, data in (("plans.json", b'{"plans": 1}'), ("dataset.json", b'{"dataset": 1}'),
-                       ("checkpoint_final.pth", b"weights")):
+    for name, data in (
+        ("plans.json", b'{"plans": 1}'),
+        ("dataset.json", b'{"dataset": 1}'),
+        ("checkpoint_final.pth", b"weights"),
+    ):
         digest.update(name.encode())
         digest.update(data)
     assert cfg.models["pelvis-demo"].weights_sha256 == digest.hexdigest()
@@ -122,12 +125,21 @@ def test_label_zero_is_rejected_as_background(tmp_path: Path) -> None:
 
 
 def test_unknown_dicom_keyword_in_selector_is_rejected(tmp_path: Path) -> None:
-    raw = {"rules": [{"name": "r", "model": "m", "destinations": ["d"],
-                      "match": {"series": {"Modalty": "MR"}}}]}
+    raw = {
+        "rules": [
+            {
+                "name": "r",
+                "model": "m",
+                "destinations": ["d"],
+                "match": {"series": {"Modalty": "MR"}},
+            }
+        ]
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(raw, tmp_path)
-    assert any(p == "rules[0].match.series" and "not a DICOM keyword" in r
-               for p, r in info.value.problems)
+    assert any(
+        p == "rules[0].match.series" and "not a DICOM keyword" in r for p, r in info.value.problems
+    )
 
 
 def test_unknown_top_level_key_is_rejected(tmp_path: Path) -> None:
@@ -145,7 +157,10 @@ def test_redis_backend_requires_url(tmp_path: Path) -> None:
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "-c", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=config.parent,
     )
 
 
@@ -162,8 +177,12 @@ def test_check_config_reports_each_invalid_key_in_one_run(repo_config: Path) -> 
     raw["listen"]["port"] = 70000
     raw["rules"] = [
         {"name": "one", "model": "no-such-model", "destinations": ["planning"]},
-        {"name": "two", "model": "pelvis-demo", "destinations": ["nowhere"],
-         "match": {"calling_ae": "SCANNER("}},
+        {
+            "name": "two",
+            "model": "pelvis-demo",
+            "destinations": ["nowhere"],
+            "match": {"calling_ae": "SCANNER("},
+        },
     ]
     repo_config.write_text(yaml.safe_dump(raw))
 

@@ -10,7 +10,7 @@ from gateway.config import PeerConfig
 from gateway.dicom.scp import allowed_peer, peer_allowed
 from gateway.dicom.scu import classify
 from gateway.errors import DeliveryRejected, InvalidInput, PeerBusy
-from gateway.receive import describe_instance
+from gateway.receive.receiver import describe_instance
 
 
 @pytest.mark.parametrize(
@@ -80,12 +80,17 @@ def mr_dataset() -> Dataset:
 def test_describe_instance_keeps_routing_and_geometry_attributes_as_plain_values() -> None:
     rec = describe_instance(mr_dataset(), "/spool/x.dcm")
     assert (rec.study_uid, rec.series_uid, rec.sop_instance_uid) == (
-        "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
+        "1.2.3.4",
+        "1.2.3.4.5",
+        "1.2.3.4.5.6",
     )
     assert rec.sop_class_uid == MRImageStorage and rec.path == "/spool/x.dcm"
     assert rec.series_attributes == {
-        "Modality": "MR", "SeriesDescription": "t2_tse_tra", "SeriesNumber": 4,
-        "ImageType": ["ORIGINAL", "PRIMARY", "M"], "EchoTime": 101.0,
+        "Modality": "MR",
+        "SeriesDescription": "t2_tse_tra",
+        "SeriesNumber": 4,
+        "ImageType": ["ORIGINAL", "PRIMARY", "M"],
+        "EchoTime": 101.0,
         "SOPClassUID": MRImageStorage,
     }
     assert rec.geometry == {
@@ -103,8 +108,9 @@ def test_describe_instance_keeps_routing_and_geometry_attributes_as_plain_values
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                     "SOPClassUID"])
+@pytest.mark.parametrize(
+    "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+)
 @pytest.mark.parametrize("bad", [None, "../../etc", "1.2.03", "1.2/3"])
 def test_describe_instance_refuses_missing_or_invalid_uids(keyword: str, bad: str | None) -> None:
     ds = mr_dataset()

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from gateway.config import ConfigError, SegmentationConfig, load_model
+from gateway.demo.phantom import make_phantom
 from gateway.errors import ModelError
-from gateway.phantom import make_phantom
 from gateway.segment import Grid, Segmenter, make_segmenter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"

@@ -7,27 +7,38 @@ from typing import Any
 
 import pytest
 
-from gateway.assembly import Failed, Ready, Waiting, decide, decide_rule
 from gateway.config import ModelSpec, RoiSpec, RuleConfig, SeriesSelector
-from gateway.routing import select_series, series_matches
-from gateway.store import SeriesInfo
-from gateway.structures import clinic_roi, plan_structures
+from gateway.contour.structures import clinic_roi, plan_structures
+from gateway.db.database import SeriesInfo
+from gateway.study.assembly import Failed, Ready, Waiting, decide, decide_rule
+from gateway.study.routing import select_series, series_matches
 from tests.unit.test_assembly import CFG, OPENED, oblique, slices, study
 
-T2_ATTRS = {"Modality": "MR", "SeriesDescription": "t2_tse_tra", "SeriesNumber": 4,
-            "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"], "EchoTime": 104.0,
-            "SliceThickness": 3.0}
-WATER_ATTRS = {"Modality": "MR", "SeriesDescription": "t1_vibe_dixon_tra_W", "SeriesNumber": 7,
-               "ImageType": ["DERIVED", "PRIMARY", "DIXON", "WATER"], "EchoTime": 2.46,
-               "SliceThickness": 3.5}
+T2_ATTRS = {
+    "Modality": "MR",
+    "SeriesDescription": "t2_tse_tra",
+    "SeriesNumber": 4,
+    "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"],
+    "EchoTime": 104.0,
+    "SliceThickness": 3.0,
+}
+WATER_ATTRS = {
+    "Modality": "MR",
+    "SeriesDescription": "t1_vibe_dixon_tra_W",
+    "SeriesNumber": 7,
+    "ImageType": ["DERIVED", "PRIMARY", "DIXON", "WATER"],
+    "EchoTime": 2.46,
+    "SliceThickness": 3.5,
+}
 
 
 def mk_series(uid: str, attrs: dict[str, Any], last: float, **geo: Any) -> SeriesInfo:
     return SeriesInfo(uid, dict(attrs), last - 5.0, last, tuple(slices(prefix=uid + ".", **geo)))
 
 
-def spec(name: str, inputs: list[dict[str, Any]], labels: dict[int, str] | None = None,
-         **extra: Any) -> ModelSpec:
+def spec(
+    name: str, inputs: list[dict[str, Any]], labels: dict[int, str] | None = None, **extra: Any
+) -> ModelSpec:
     return ModelSpec.model_validate(
         {
             "name": name,
@@ -35,8 +46,9 @@ def spec(name: str, inputs: list[dict[str, Any]], labels: dict[int, str] | None 
             "version": "2.0",
             "nnunet": {"folder": "nnunet"},
             "inputs": inputs,
-            "labels": {k: {"name": v, "color": [1, 2, 3]}
-                       for k, v in (labels or {1: "Prostate"}).items()},
+            "labels": {
+                k: {"name": v, "color": [1, 2, 3]} for k, v in (labels or {1: "Prostate"}).items()
+            },
             **extra,
         }
     )
@@ -183,7 +195,10 @@ def test_clinic_names_tg263_by_default_and_config_overrides() -> None:
 def test_the_preferred_model_keeps_a_shared_roi() -> None:
     plan = plan_structures(_rule(["pelvis", "taps", "sv"], {"Prostate": "taps"}), MODELS, {})
     assert [(p.roi.name, p.model) for p in plan] == [
-        ("Bladder", "pelvis"), ("Rectum", "pelvis"), ("Prostate", "taps"), ("SeminalVes", "sv")
+        ("Bladder", "pelvis"),
+        ("Rectum", "pelvis"),
+        ("Prostate", "taps"),
+        ("SeminalVes", "sv"),
     ]
 
 
@@ -199,7 +214,9 @@ def test_when_the_preferred_model_did_not_run_the_other_keeps_the_roi() -> None:
         _rule(["pelvis", "taps"], {"Prostate": "taps"}), MODELS, {}, available={"pelvis"}
     )
     assert {(p.roi.name, p.model) for p in plan} == {
-        ("Prostate", "pelvis"), ("Bladder", "pelvis"), ("Rectum", "pelvis")
+        ("Prostate", "pelvis"),
+        ("Bladder", "pelvis"),
+        ("Rectum", "pelvis"),
     }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gateway.phantom import BLADDER, PROSTATE, RECTUM, dice_scores, make_phantom
+from gateway.demo.phantom import BLADDER, PROSTATE, RECTUM, dice_scores, make_phantom
 
 SEEDS = (0, 7, 123)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
+from gateway.db.database import DeliveryState, InstanceRecord, JobRow, JobState, Store, StudyInfo
 from gateway.dicom import scu
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 from gateway.pipeline import Pipeline, backoff_delay, stage_timings
-from gateway.store import DeliveryState, InstanceRecord, JobRow, JobState, Store, StudyInfo
 
 STUDY = "1.2.840.99.1"
 SERIES = "1.2.840.99.1.2"
@@ -36,12 +36,27 @@ def test_backoff_doubles_within_jitter_and_is_capped() -> None:
 
 
 def test_stage_timings_from_recorded_timestamps() -> None:
-    job = JobRow(stages={"created": 5.0, "ready": 20.0, "started": 21.0, "volume": 23.0,
-                         "segment": 33.0, "rtstruct": 34.0, "delivered": 36.5})
+    job = JobRow(
+        stages={
+            "created": 5.0,
+            "ready": 20.0,
+            "started": 21.0,
+            "volume": 23.0,
+            "segment": 33.0,
+            "rtstruct": 34.0,
+            "delivered": 36.5,
+        }
+    )
     study = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 12.0, ())
     assert stage_timings(job, study) == {
-        "receive": 12.0, "assemble": 8.0, "queue": 1.0, "volume": 2.0, "segment": 10.0,
-        "rtstruct": 1.0, "send": 2.5, "total": 24.5,
+        "receive": 12.0,
+        "assemble": 8.0,
+        "queue": 1.0,
+        "volume": 2.0,
+        "segment": 10.0,
+        "rtstruct": 1.0,
+        "send": 2.5,
+        "total": 24.5,
     }
     # A study resent after the job was ready: 'received_last' stops at 'ready'.
     late = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 500.0, ())
@@ -78,19 +93,30 @@ class Clock:
 
 def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
     model = {
-        "name": "pelvis", "kind": "nnunet", "version": "1", "nnunet": {"folder": "nnunet"},
+        "name": "pelvis",
+        "kind": "nnunet",
+        "version": "1",
+        "nnunet": {"folder": "nnunet"},
         "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
         "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
     }
-    return GatewayConfig.model_validate({
-        "destinations": {"planning": {"ae_title": "TPS", "host": "127.0.0.1", "port": 104}},
-        "paths": {"spool": tmp_path / "spool", "output": tmp_path / "out"},
-        "assembly": {"series_quiet_s": 10, "study_timeout_s": 300},
-        "delivery": {"max_attempts": max_attempts, "backoff_base_s": 5, "backoff_max_s": 60},
-        "rules": [{"name": "mr", "match": {"series": {"keywords": {"Modality": "^MR$"}}},
-                   "model": "pelvis", "destinations": ["planning"]}],
-        "models": {"pelvis": model},
-    })
+    return GatewayConfig.model_validate(
+        {
+            "destinations": {"planning": {"ae_title": "TPS", "host": "127.0.0.1", "port": 104}},
+            "paths": {"spool": tmp_path / "spool", "output": tmp_path / "out"},
+            "assembly": {"series_quiet_s": 10, "study_timeout_s": 300},
+            "delivery": {"max_attempts": max_attempts, "backoff_base_s": 5, "backoff_max_s": 60},
+            "rules": [
+                {
+                    "name": "mr",
+                    "match": {"series": {"keywords": {"Modality": "^MR$"}}},
+                    "model": "pelvis",
+                    "destinations": ["planning"],
+                }
+            ],
+            "models": {"pelvis": model},
+        }
+    )
 
 
 @pytest.fixture
@@ -117,15 +143,24 @@ def receive(store: Store, heights: list[float], at: float, modality: str = "MR")
     for k, z in enumerate(heights):
         store.record_instance(
             InstanceRecord(
-                study_uid=STUDY, series_uid=SERIES, sop_instance_uid=f"{SERIES}.{k + 1}",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.4", path=f"/spool/{k}.dcm",
+                study_uid=STUDY,
+                series_uid=SERIES,
+                sop_instance_uid=f"{SERIES}.{k + 1}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                path=f"/spool/{k}.dcm",
                 series_attributes={"Modality": modality, "SeriesNumber": 3},
-                geometry={"FrameOfReferenceUID": "1.2.840.99.5",
-                          "ImagePositionPatient": [0.0, 0.0, z],
-                          "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                          "PixelSpacing": [0.5, 0.5], "Rows": 64, "Columns": 64},
+                geometry={
+                    "FrameOfReferenceUID": "1.2.840.99.5",
+                    "ImagePositionPatient": [0.0, 0.0, z],
+                    "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                    "PixelSpacing": [0.5, 0.5],
+                    "Rows": 64,
+                    "Columns": 64,
+                },
             ),
-            calling_ae="SCANNER", called_ae="AIRCON", now=at,
+            calling_ae="SCANNER",
+            called_ae="AIRCON",
+            now=at,
         )
 
 
@@ -252,12 +287,19 @@ class FakeStore:
 
 
 def test_retriable_failure_backs_off_then_parks_after_max_attempts(
-    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id, did = delivering_job(store, tmp_path)
-    fake = FakeStore(PeerUnavailable("TPS@127.0.0.1:104: association failed"),
-                     PeerBusy("TPS answered 0xA700"), PeerUnavailable("refused"))
+    fake = FakeStore(
+        PeerUnavailable("TPS@127.0.0.1:104: association failed"),
+        PeerBusy("TPS answered 0xA700"),
+        PeerUnavailable("refused"),
+    )
     monkeypatch.setattr(scu, "store", fake)
 
     pipeline.deliver(did)
@@ -306,8 +348,11 @@ def test_retriable_failure_backs_off_then_parks_after_max_attempts(
 
 
 def test_rejection_is_permanent_at_once(
-    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id, did = delivering_job(store, tmp_path)
     monkeypatch.setattr(scu, "store", FakeStore(DeliveryRejected("TPS answered 0xC000")))
@@ -319,8 +364,11 @@ def test_rejection_is_permanent_at_once(
 
 
 def test_unexpected_library_error_is_retried(
-    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, did = delivering_job(store, tmp_path)
     monkeypatch.setattr(scu, "store", FakeStore(RuntimeError("socket gone")))
@@ -342,8 +390,12 @@ def test_resend_of_a_job_without_complete_inputs_is_refused(
 
 
 def test_deliveries_to_one_destination_go_in_order_of_arrival(
-    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first_job, first = delivering_job(store, tmp_path)
     _, second = delivering_job(store, tmp_path)
@@ -356,7 +408,9 @@ def test_deliveries_to_one_destination_go_in_order_of_arrival(
     pipeline.deliver(third)
     assert len(fake.calls) == 1
     assert [(d.state, d.attempts) for d in map(store.delivery, (first, second, third))] == [
-        ("pending", 1), ("pending", 0), ("pending", 0)
+        ("pending", 1),
+        ("pending", 0),
+        ("pending", 0),
     ]
     clock.t = store.delivery(first).next_attempt_at
     dispatcher.deliveries.clear()
@@ -385,9 +439,12 @@ def test_retention_purges_only_old_fully_delivered_studies(tmp_path: Path, store
         f.write_bytes(b"x")
         age = 1 * DAY_S if name == "recent" else 40 * DAY_S
         store.record_instance(
-            InstanceRecord(uid, f"{uid}.1", f"{uid}.1.1", "1.2.840.10008.5.1.4.1.1.4", str(f),
-                           {}, {}),
-            calling_ae="S", called_ae="A", now=T0 - age,
+            InstanceRecord(
+                uid, f"{uid}.1", f"{uid}.1.1", "1.2.840.10008.5.1.4.1.1.4", str(f), {}, {}
+            ),
+            calling_ae="S",
+            called_ae="A",
+            now=T0 - age,
         )
         studies[name] = uid
         if name == "unrouted":

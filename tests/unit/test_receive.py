@@ -10,10 +10,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway.config import LimitsConfig, StorageConfig
+from gateway.db.database import Store
 from gateway.errors import DatasetMismatch, OutOfResources
-from gateway.receive import Receiver, check_dataset
-from gateway.spool import Spool
-from gateway.store import Store
+from gateway.receive.receiver import Receiver, check_dataset
+from gateway.receive.spool import Spool
 
 
 def _instance() -> tuple[Dataset, bytes]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import InputChannel, RuleConfig, SeriesSelector
-from gateway.routing import route, select_series, series_matches
-from gateway.store import SeriesInfo, StudyInfo
+from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.study.routing import route, select_series, series_matches
 
 
 def series(uid: str, received: float = 100.0, **attributes: Any) -> SeriesInfo:
@@ -23,10 +23,20 @@ def rule(name: str, **match: Any) -> RuleConfig:
     )
 
 
-T2 = series("1.1", Modality="MR", SeriesDescription="t2_tse_tra", SeriesNumber=4,
-            ImageType=["ORIGINAL", "PRIMARY", "M", "NORM"])
-ADC = series("1.2", Modality="MR", SeriesDescription="ep2d_diff_ADC", SeriesNumber=7,
-             ImageType=["DERIVED", "PRIMARY", "DIFFUSION", "ADC"])
+T2 = series(
+    "1.1",
+    Modality="MR",
+    SeriesDescription="t2_tse_tra",
+    SeriesNumber=4,
+    ImageType=["ORIGINAL", "PRIMARY", "M", "NORM"],
+)
+ADC = series(
+    "1.2",
+    Modality="MR",
+    SeriesDescription="ep2d_diff_ADC",
+    SeriesNumber=7,
+    ImageType=["DERIVED", "PRIMARY", "DIFFUSION", "ADC"],
+)
 CT = series("1.3", Modality="CT", SeriesDescription="Pelvis 3mm", SeriesNumber=2)
 
 
@@ -62,8 +72,7 @@ def test_calling_and_called_ae_regexes_must_match_the_whole_title() -> None:
 
 
 def test_all_conditions_of_a_rule_must_hold() -> None:
-    r = rule("mr-from-scanner", calling_ae="SCANNER",
-             series={"keywords": {"Modality": "^MR$"}})
+    r = rule("mr-from-scanner", calling_ae="SCANNER", series={"keywords": {"Modality": "^MR$"}})
     assert route([r], study(T2, calling="SCANNER")) is r
     assert route([r], study(T2, calling="PACS")) is None
     assert route([r], study(CT, calling="SCANNER")) is None

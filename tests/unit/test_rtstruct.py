@@ -16,17 +16,17 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from gateway.config import RoiSpec, RtstructConfig
-from gateway.contours import dice, rasterize_rtstruct
-from gateway.errors import ModelError
-from gateway.imaging import Volume, read_series
-from gateway.phantom import make_phantom, write_dicom_series
-from gateway.rtstruct import (
+from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.contour.rtstruct import (
     Provenance,
     build_rtstruct,
     format_ds,
     slice_contours,
     write_dataset,
 )
+from gateway.demo.phantom import make_phantom, write_dicom_series
+from gateway.errors import ModelError
+from gateway.imaging import Volume, read_series
 from tests.conftest import PROSTATEX_T2, SHARED_DATA
 
 OBLIQUE_T2 = PROSTATEX_T2
@@ -157,7 +157,7 @@ def test_rasterize_from_unsorted_datasets_and_by_plane(t2_volume: Volume) -> Non
 
 
 def test_slice_contours_are_edge_exact_on_random_masks() -> None:
-    from gateway.contours import fill_even_odd
+    from gateway.contour.reader import fill_even_odd
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -388,7 +388,7 @@ def test_institution_comes_from_the_source_not_rt_utils(t2_volume: Volume) -> No
 def test_merged_structure_set_names_each_rois_model(t2_volume: Volume, tmp_path: Path) -> None:
     """Two models in one structure set: each ROI names its model and version, both models are
     contributing equipment, and the UIDs depend on both models."""
-    from gateway.rtstruct import Structure, build_structure_set
+    from gateway.contour.rtstruct import Structure, build_structure_set
 
     label_map = msd_on_grid("prostate_04", sitk.GetArrayFromImage(t2_volume.image).shape)
     taps = Provenance("taps", "1.1.2", "ab" * 32)
@@ -401,7 +401,8 @@ def test_merged_structure_set_names_each_rois_model(t2_volume: Volume, tmp_path:
     made_by = {r.ROIName: r.ROIGenerationDescription for r in ds.StructureSetROISequence}
     assert made_by == {"PZ": "Prostate_T2 1.2.0", "Prostate": "taps 1.1.2"}
     assert [e.ManufacturerModelName for e in ds.ContributingEquipmentSequence] == [
-        "Prostate_T2", "taps"
+        "Prostate_T2",
+        "taps",
     ]
     assert "taps version 1.1.2" in ds.StructureSetDescription
     masks = rasterize_rtstruct(ds, t2_volume)

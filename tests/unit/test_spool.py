@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidInput
-from gateway.spool import Spool
+from gateway.receive.spool import Spool
 from gateway.uids import derive_uid, is_valid_uid
 
 STUDY, SERIES, SOP = "1.2.826.0.1.1", "1.2.826.0.1.1.2", "1.2.826.0.1.1.2.3"
@@ -16,8 +16,23 @@ STUDY, SERIES, SOP = "1.2.826.0.1.1", "1.2.826.0.1.1.2", "1.2.826.0.1.1.2.3"
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "..", "../1.2", "1.2/3", "/1.2", "1.2\\3", "1.02.3", "01.2", "1..2", "1.2.", ".1.2",
-     "1.2.3a", " 1.2", "1" * 65, "1." * 32 + "1"],
+    [
+        "",
+        "..",
+        "../1.2",
+        "1.2/3",
+        "/1.2",
+        "1.2\\3",
+        "1.02.3",
+        "01.2",
+        "1..2",
+        "1.2.",
+        ".1.2",
+        "1.2.3a",
+        " 1.2",
+        "1" * 65,
+        "1." * 32 + "1",
+    ],
 )
 def test_invalid_uids_never_become_paths(tmp_path: Path, bad: str) -> None:
     spool = Spool(tmp_path)

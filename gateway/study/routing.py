@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.config import Condition, InputChannel, Range, RuleConfig, SeriesSelector
-from gateway.store import SeriesInfo, StudyInfo
+from gateway.db.database import SeriesInfo, StudyInfo
 
 
 def _as_text(value: Any) -> str:

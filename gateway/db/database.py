@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gateway.geometry import SliceGeometry
+from gateway.study.geometry import SliceGeometry
 
 
 class JobState(str, enum.Enum):

@@ -46,7 +46,7 @@ DEMO_SEED = 9001  # not among the training phantoms' seeds
 DEMO_CALLING_AE = "AIRCON"
 DEMO_TIMEOUT_S = 900.0
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROSTATEX_SHARED = REPO.parent / "shared" / "data" / "prostatex" / "ProstateX-0000"
 PROSTATEX_BUNDLED = REPO / "demo-data" / "ProstateX-0000-T2"
 PROSTATEX_LABEL = "ProstateX-0000 (TCIA)"
@@ -266,8 +266,8 @@ class _Loopback:
 @contextmanager
 def _loopback(cfg_path: Path, work: Path) -> Iterator[_Loopback]:
     from gateway.config import DestinationConfig, load_config
-    from gateway.dicom.node import ReceivingNode
-    from gateway.store import Store
+    from gateway.db.database import Store
+    from gateway.demo.node import ReceivingNode
 
     node = ReceivingNode(work / "planning", ae_title="PLANNING", port=free_port())
     gw_port = free_port()
@@ -432,7 +432,7 @@ def run_demo(
 def _real_run(loop: _Loopback, source: _Source, timeout: float) -> dict[str, Any]:
     from pydicom import dcmread
 
-    from gateway.contours import rasterize_rtstruct
+    from gateway.contour.reader import rasterize_rtstruct
     from gateway.imaging import read_series, volume_cc
 
     headers = {p: dcmread(p, stop_before_pixels=True) for p in source.files}
@@ -509,9 +509,9 @@ def _phantom_run(loop: _Loopback, timeout: float) -> dict[str, Any]:
     import SimpleITK as sitk
     from pydicom import dcmread
 
-    from gateway.contours import dice, rasterize_rtstruct
+    from gateway.contour.reader import dice, rasterize_rtstruct
+    from gateway.demo.phantom import LABEL_NAMES, make_study, write_study
     from gateway.imaging import read_series, volume_cc
-    from gateway.phantom import LABEL_NAMES, make_study, write_study
 
     study = make_study(DEMO_SEED)
     written = write_study(study, loop.work / "study", seed=DEMO_SEED)

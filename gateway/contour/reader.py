@@ -1,6 +1,6 @@
 """Independent RTSTRUCT reader: contours -> boolean masks on a reference image grid.
 
-Written without rt-utils or OpenCV so that it can check what :mod:`gateway.rtstruct` writes,
+Written without rt-utils or OpenCV so that it can check what :mod:`gateway.contour.rtstruct` writes,
 and used by QA. It fills contours the way planning systems do: a pixel belongs to an ROI when
 its centre lies inside the contours of its slice under the even-odd rule over all of the ROI's
 contours on that slice (so a contour inside another is a hole).
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from gateway.geometry import slice_normal
 from gateway.imaging import Volume, sort_slices
+from gateway.study.geometry import slice_normal
 
 logger = logging.getLogger(__name__)
 

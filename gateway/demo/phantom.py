@@ -599,7 +599,7 @@ def write_dicom_series(
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = "Pelvis MR (phantom)"
         ds.SeriesDescription = series_description
-        ds.ManufacturerModelName = "gateway.phantom"
+        ds.ManufacturerModelName = "gateway.demo.phantom"
         ds.PatientName = patient_name
         ds.PatientID = patient_id
         ds.PatientBirthDate = ""
@@ -684,6 +684,6 @@ def dice_scores(
     """Dice coefficient per label value; 1.0 where a label is absent from both."""
     if truth.shape != predicted.shape:
         raise ValueError(f"shapes differ: {truth.shape} vs {predicted.shape}")
-    from gateway.contours import dice
+    from gateway.contour.reader import dice
 
     return {label: dice(truth == label, predicted == label) for label in labels}

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from gateway.config import Guardrails
-from gateway.geometry import slice_normal
-from gateway.store import SeriesInfo
+from gateway.db.database import SeriesInfo
+from gateway.study.geometry import slice_normal
 
 
 def _num(value: float) -> str:

@@ -16,10 +16,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from gateway.config import LimitsConfig, StorageConfig
+from gateway.db.database import InstanceRecord, Store
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
 from gateway.failpoints import CrashPoints
-from gateway.spool import Spool
-from gateway.store import InstanceRecord, Store
+from gateway.receive.spool import Spool
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)

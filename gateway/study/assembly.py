@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway import guardrails
 from gateway.config import AssemblyConfig, ModelSpec
-from gateway.geometry import check_volume
-from gateway.routing import select_series
-from gateway.store import SeriesInfo, StudyInfo
+from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.study import guardrails
+from gateway.study.geometry import check_volume
+from gateway.study.routing import select_series
 
 
 @dataclass(frozen=True)
