@@ -21,8 +21,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from gateway.db.records import SliceGeometry
 from gateway.errors import InvalidInput
-from gateway.study.geometry import SliceGeometry, check_volume, slice_normal
+from gateway.study.geometry import check_volume, slice_normal
 
 logger = logging.getLogger(__name__)
 

@@ -22,15 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.config import GatewayConfig, ModelSpec
-from gateway.db.database import (
-    TERMINAL,
-    DeliveryState,
-    JobRow,
-    JobState,
-    Store,
-    StudyInfo,
-    StudyTimes,
-)
+from gateway.db.database import JobRow, Store
+from gateway.db.records import TERMINAL, DeliveryState, JobState, StudyInfo, StudyTimes
 from gateway.errors import (
     GatewayError,
     InvalidInput,

@@ -10,7 +10,6 @@ import enum
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -30,26 +29,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gateway.study.geometry import SliceGeometry
-
-
-class JobState(str, enum.Enum):
-    WAITING = "waiting"  # routed, waiting for its inputs to be complete
-    QUEUED = "queued"
-    RUNNING = "running"
-    DELIVERING = "delivering"
-    DONE = "done"
-    FAILED = "failed"
-
-
-TERMINAL = (JobState.DONE, JobState.FAILED)
-
-
-class DeliveryState(str, enum.Enum):
-    PENDING = "pending"
-    SENDING = "sending"
-    DELIVERED = "delivered"
-    FAILED = "failed"  # parked: max attempts reached or permanently rejected
+from gateway.db.records import (
+    DeliveryState,
+    InstanceRecord,
+    JobState,
+    SeriesInfo,
+    SliceGeometry,
+    StudyInfo,
+    StudyTimes,
+)
 
 
 class Base(DeclarativeBase):
@@ -150,52 +138,6 @@ AUDIT_COLUMNS = (
     "destination",
     "detail",
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Plain records handed to the pure cores
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """What the Storage SCP records of one received instance."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    path: str
-    series_attributes: dict[str, Any]
-    geometry: dict[str, Any]
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    series_uid: str
-    attributes: dict[str, Any]
-    first_received_at: float
-    last_received_at: float
-    slices: tuple[SliceGeometry, ...] = field(default=())
-    paths: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> spool path
-
-
-@dataclass(frozen=True)
-class StudyTimes:
-    first_received_at: float
-    last_received_at: float
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    study_uid: str
-    calling_ae: str
-    called_ae: str
-    first_received_at: float
-    last_received_at: float
-    series: tuple[SeriesInfo, ...]
-    # Set when the association that sent it last was cut off and none has been released since.
-    interrupted_at: float | None = None
 
 
 def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:

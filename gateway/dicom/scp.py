@@ -42,7 +42,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
-from gateway.db.database import InstanceRecord
+from gateway.db.records import InstanceRecord
 from gateway.dicom import status
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources

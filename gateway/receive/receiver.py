@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from gateway.config import LimitsConfig, StorageConfig
-from gateway.db.database import InstanceRecord, Store
+from gateway.db.database import Store
+from gateway.db.records import InstanceRecord
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
 from gateway.failpoints import CrashPoints
 from gateway.receive.spool import Spool

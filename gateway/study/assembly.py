@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.config import AssemblyConfig, ModelSpec
-from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.db.records import SeriesInfo, StudyInfo
 from gateway.study import guardrails
 from gateway.study.geometry import check_volume
 from gateway.study.routing import select_series

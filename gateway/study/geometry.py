@@ -13,23 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.db.records import SliceGeometry
+
 ORIENTATION_TOLERANCE = 1e-3  # difference in direction cosines
 POSITION_TOLERANCE_MM = 0.05
 SPACING_RELATIVE_TOLERANCE = 0.02
-
-
-@dataclass(frozen=True)
-class SliceGeometry:
-    """The geometry attributes of one single-frame image, as recorded at reception."""
-
-    sop_instance_uid: str
-    frame_of_reference_uid: str | None
-    position: tuple[float, float, float] | None  # ImagePositionPatient
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6)
-    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing)
-    rows: int | None
-    columns: int | None
-    frames: int | None = None  # NumberOfFrames (multi-frame instances)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gateway.config import Guardrails
-from gateway.db.database import SeriesInfo
+from gateway.db.records import SeriesInfo
 from gateway.study.geometry import slice_normal
 
 

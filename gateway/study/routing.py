@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.config import Condition, InputChannel, Range, RuleConfig, SeriesSelector
-from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.db.records import SeriesInfo, StudyInfo
 
 
 def _as_text(value: Any) -> str:

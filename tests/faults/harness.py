@@ -50,7 +50,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.config import CRASH_POINTS
-from gateway.db.database import TERMINAL, DeliveryState, JobState, Store
+from gateway.db.database import Store
+from gateway.db.records import TERMINAL, DeliveryState, JobState
 from gateway.demo.node import ReceivingNode
 from gateway.demo.run import free_port
 from tests.conftest import REPO, GatewayProcess, dcmtk_env, rule, write_gateway_config

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from gateway.config import AssemblyConfig, ModelSpec
-from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.db.records import SeriesInfo, SliceGeometry, StudyInfo
 from gateway.study.assembly import Failed, Ready, Waiting, decide
-from gateway.study.geometry import SliceGeometry
 
 CFG = AssemblyConfig(series_quiet_s=10.0, study_timeout_s=600.0)
 OPENED = 1000.0
@@ -232,7 +231,8 @@ def test_a_study_whose_association_was_cut_off_waits_for_the_sender() -> None:
 
 
 def test_association_end_and_restart_mark_studies_interrupted(tmp_path) -> None:  # noqa: ANN001
-    from gateway.db.database import InstanceRecord, Store
+    from gateway.db.database import Store
+    from gateway.db.records import InstanceRecord
 
     db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     for uid in ("1.2.1", "1.2.2", "1.2.3"):

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import ModelSpec, RoiSpec, RuleConfig, SeriesSelector
 from gateway.contour.structures import clinic_roi, plan_structures
-from gateway.db.database import SeriesInfo
+from gateway.db.records import SeriesInfo
 from gateway.study.assembly import Failed, Ready, Waiting, decide, decide_rule
 from gateway.study.routing import select_series, series_matches
 from tests.unit.test_assembly import CFG, OPENED, oblique, slices, study

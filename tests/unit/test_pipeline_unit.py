@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.db.database import DeliveryState, InstanceRecord, JobRow, JobState, Store, StudyInfo
+from gateway.db.database import JobRow, Store
+from gateway.db.records import DeliveryState, InstanceRecord, JobState, StudyInfo
 from gateway.dicom import scu
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 from gateway.pipeline import Pipeline, backoff_delay, stage_timings

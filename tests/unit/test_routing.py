@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import InputChannel, RuleConfig, SeriesSelector
-from gateway.db.database import SeriesInfo, StudyInfo
+from gateway.db.records import SeriesInfo, StudyInfo
 from gateway.study.routing import route, select_series, series_matches
 
 
