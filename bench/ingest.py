@@ -134,7 +134,7 @@ def round_gateway(work: Path, files: list[Path]) -> float:
         work,
     )
     store = Store(cfg.database.url)
-    receiver = Receiver(Spool(cfg.paths.spool), store, on_study=lambda uid: None)
+    receiver = Receiver(Spool(cfg.paths.spool), store)
     scp = StorageSCP(cfg.ae_title, cfg.listen.host, cfg.listen.port, cfg.peers, receiver)
     scp.start()
     try:

@@ -14,6 +14,7 @@ from gateway.pipeline import Pipeline
 from gateway.queue import HueyDispatcher, make_huey
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
+from gateway.scheduler import Scheduler, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Gateway:
         self.store = Store(cfg.database.url)
         self.huey = make_huey(cfg)
         self.dispatcher = HueyDispatcher(self.huey)
+        self.owner = new_owner()
         self.crash = CrashPoints(cfg.faults.crash_at)
         if cfg.faults.crash_at:
             log.warning("crash points armed (fault testing only): %s", dict(cfg.faults.crash_at))
@@ -38,24 +40,68 @@ class Gateway:
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.cfg, self.store, self.dispatcher, crash=self.crash)
+            self._pipeline = Pipeline(
+                self.cfg, self.store, self.dispatcher, crash=self.crash, owner=self.owner
+            )
         return self._pipeline
 
-    def serve(self, ready: threading.Event | None = None) -> None:
-        """Run the SCP and the queue workers until SIGINT/SIGTERM (blocks; main thread)."""
-        from gateway.dicom.scp import StorageSCP
-
+    def serve(self, ready: threading.Event | None = None, listen: bool = True) -> None:
+        """Run the SCP (``listen``), the scheduler and the queue workers until SIGINT/SIGTERM
+        (blocks; main thread). Without ``listen`` the process only works: it runs the jobs and
+        deliveries it claims from the shared database."""
         pipeline = self.pipeline
         self.dispatcher.bind(pipeline)
         if self.cfg.queue.backend == "sqlite":
             self.huey.flush()  # the database is the truth: recover() re-dispatches from it
+        scp = self._scp() if listen else None
+        pipeline.recover(receiving=listen)
+        if scp is not None:
+            scp.start()
+        threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
+        stop = threading.Event()
+        scheduler = Scheduler(
+            self.store,
+            pipeline.check_study,
+            self.dispatcher,
+            self.owner,
+            poll_s=self.cfg.queue.poll_s,
+            lease_s=self.cfg.queue.lease_s,
+        )
+        threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True).start()
+        if listen:
+            threading.Thread(
+                target=self._purge_loop, args=(stop,), name="retention", daemon=True
+            ).start()
+        consumer: Any = self.huey.create_consumer(
+            workers=self.cfg.queue.workers,
+            worker_type="thread",
+            periodic=False,
+            initial_delay=0.05,
+            backoff=1.5,
+            max_delay=0.5,
+            scheduler_interval=1,
+        )
+        if scp is not None:
+            log.info("gateway %s ready on %s:%d", self.cfg.ae_title, self.cfg.listen.host, scp.port)
+        else:
+            log.info("gateway worker %s ready (not listening)", self.owner)
+        if ready is not None:
+            ready.set()
+        try:
+            consumer.run()
+        finally:
+            stop.set()
+            if scp is not None:
+                scp.stop()
+            log.info("gateway stopped")
+
+    def _scp(self) -> Any:
+        from gateway.dicom.scp import StorageSCP
+
         spool = Spool(self.cfg.paths.spool)
         receiver = Receiver(
             spool,
             self.store,
-            on_study=lambda uid: self.dispatcher.check_study(
-                uid, delay=self.cfg.assembly.series_quiet_s + 0.2
-            ),
             limits=self.cfg.limits,
             storage=self.cfg.storage,
             crash=self.crash,
@@ -72,31 +118,7 @@ class Gateway:
         )
         spool.remove_stale_temporaries()
         receiver.recover_spool()
-        pipeline.recover()
-        scp.start()
-        threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
-        stop = threading.Event()
-        threading.Thread(
-            target=self._purge_loop, args=(stop,), name="retention", daemon=True
-        ).start()
-        consumer: Any = self.huey.create_consumer(
-            workers=self.cfg.queue.workers,
-            worker_type="thread",
-            periodic=False,
-            initial_delay=0.05,
-            backoff=1.5,
-            max_delay=0.5,
-            scheduler_interval=1,
-        )
-        log.info("gateway %s ready on %s:%d", self.cfg.ae_title, self.cfg.listen.host, scp.port)
-        if ready is not None:
-            ready.set()
-        try:
-            consumer.run()
-        finally:
-            stop.set()
-            scp.stop()
-            log.info("gateway stopped")
+        return scp
 
     def _purge_loop(self, stop: threading.Event) -> None:
         from gateway.retention import purge

@@ -129,6 +129,13 @@ def cmd_serve(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    Gateway(cfg).serve(listen=False)
+    return 0
+
+
 def cmd_echo(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.dicom.scu import echo
 
@@ -189,7 +196,7 @@ def cmd_studies(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    from gateway.pipeline import describe
+    from gateway.monitor import describe
 
     store = _store(cfg)
     rows = describe(store, store.list_jobs(limit=args.limit))
@@ -199,19 +206,27 @@ def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     for r in rows:
         t = " ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items())
         print(
-            f"job {r['job']:>4}  {r['state']:<10} rule={r['rule']} model={r['model']} "
+            f"job {r['job']:>4}  {r['state']:<10} rule={r['rule']} "
+            f"models={','.join(r['models'])} "
             f"study={r['study_uid']}"
         )
         if r["reason"]:
             print(f"          reason: {r['reason']}")
         if t:
             print(f"          timings: {t}")
-        for name, m in r["models"].items():
-            took = f" segment {m['segment_s']:.1f}s" if "segment_s" in m else ""
+        for name, m in r["model_outcomes"].items():
+            prov = m.get("provenance") or {}
+            took = (
+                f" {prov.get('model_version', '')}: wait {m['wait_s']:.1f}s, "
+                f"segment {m['segment_s']:.1f}s"
+                if m["state"] == "done"
+                else f": {m['reason']}"
+            )
             print(f"          model {name}: {m['state']}{took}")
         if r["rois"]:
             rois = ", ".join(
-                f"{x['name']} {x['volume_cc']:.1f} cc ({x['model']})" for x in r["rois"]
+                f"{x['name']} {x['volume_cc']:.1f} cc ({x['provenance']['model_name']})"
+                for x in r["rois"]
             )
             print(f"          ROIs: {rois}")
         for d in r["deliveries"]:
@@ -260,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the Storage SCP and the workers")
+    sub.add_parser(
+        "worker",
+        help="run jobs and deliveries from the shared database, without the Storage SCP",
+    )
     sub.add_parser("check-config", help="validate config.yaml and the models")
     e = sub.add_parser("echo", help="C-ECHO a peer (destination name or AE@host:port)")
     e.add_argument("peer")
@@ -317,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "serve": cmd_serve,
+    "worker": cmd_worker,
     "check-config": cmd_check_config,
     "echo": cmd_echo,
     "send": cmd_send,

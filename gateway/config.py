@@ -405,6 +405,12 @@ class QueueConfig(_Frozen):
     path: Path = Path("var/queue.db")
     url: str | None = None
     workers: Annotated[int, Field(ge=1, le=16)] = 2
+    # A running job or delivery holds a lease this long, renewed every third of it while its
+    # process lives; when it expires, any gateway process sharing the database takes it over.
+    lease_s: Annotated[float, Field(ge=1)] = 60.0
+    # How often each process looks in the database for due study checks, expired leases and
+    # work queued by another process.
+    poll_s: Annotated[float, Field(gt=0, le=10)] = 0.25
 
 
 class AssemblyConfig(_Frozen):

@@ -174,3 +174,31 @@ def resample_to(
 def volume_cc(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Volume of a boolean mask in cm³; ``spacing`` is the voxel size in mm (any axis order)."""
     return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+
+
+def channels_on(volumes: Sequence[Volume], primary_index: int) -> tuple[Volume, list[np.ndarray]]:
+    """A model's inputs: the primary volume and every channel as float32 (z, y, x) on the
+    primary grid, the other channels resampled in physical space (linear, 0 outside their
+    volume). Assembly has checked that all channels share the primary's frame of reference."""
+    primary = volumes[primary_index]
+    arrays = []
+    for vol in volumes:
+        image = vol.image if vol is primary else resample_to(vol.image, primary.image)
+        arrays.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+    return primary, arrays
+
+
+def labels_onto(label_map: np.ndarray, primary: Volume, reference: Volume) -> np.ndarray:
+    """A label map made on ``primary`` moved onto ``reference`` (nearest neighbour) when the
+    model ran on another series of the same frame of reference."""
+    if primary is reference or primary.series_instance_uid == reference.series_instance_uid:
+        return label_map
+    if primary.frame_of_reference_uid != reference.frame_of_reference_uid:
+        raise InvalidInput(
+            "a model ran on a series in another frame of reference than the structure set's "
+            "reference series"
+        )
+    image = sitk.GetImageFromArray(label_map)
+    image.CopyInformation(primary.image)
+    moved = resample_to(image, reference.image, interpolator="nearest")
+    return sitk.GetArrayFromImage(moved)

@@ -32,7 +32,6 @@ class HueyDispatcher:
     def __init__(self, huey: Huey):
         self.huey = huey
         self._pipeline: Any = None
-        self._check = huey.task(name="check_study")(self._run_check)
         self._run = huey.task(name="run_job")(self._run_job)
         self._deliver = huey.task(name="deliver")(self._run_deliver)
 
@@ -41,9 +40,6 @@ class HueyDispatcher:
         self._pipeline = pipeline
 
     # -- enqueue (any process) -------------------------------------------------------------------
-
-    def check_study(self, study_uid: str, delay: float = 0.0) -> None:
-        self._enqueue(self._check, study_uid, delay)
 
     def run_job(self, job_id: int) -> None:
         self._enqueue(self._run, job_id, 0.0)
@@ -59,9 +55,6 @@ class HueyDispatcher:
             task(arg)
 
     # -- execute (consumer workers) --------------------------------------------------------------
-
-    def _run_check(self, study_uid: str) -> None:
-        self._pipeline.check_study(study_uid)
 
     def _run_job(self, job_id: int) -> None:
         self._pipeline.run_job(job_id)

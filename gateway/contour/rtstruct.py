@@ -33,6 +33,7 @@ from skimage.measure import find_contours
 from gateway.config import RoiSpec, RtstructConfig
 from gateway.errors import ModelError
 from gateway.imaging import Volume
+from gateway.job import Provenance
 from gateway.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -60,15 +61,6 @@ _OPTIONAL_FROM_SOURCE = (
     "DeidentificationMethodCodeSequence",
 )
 _SCAFFOLD_NEEDS = ("StudyDate", "StudyTime", "StudyID")
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced the label map: recorded in every RTSTRUCT."""
-
-    model_name: str
-    model_version: str
-    weights_sha256: str
 
 
 def gateway_version() -> str:

@@ -6,28 +6,23 @@ PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never p
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
+    case,
     create_engine,
     delete,
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db.records import (
     DeliveryState,
@@ -38,106 +33,17 @@ from gateway.db.records import (
     StudyInfo,
     StudyTimes,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class StudyRow(Base):
-    __tablename__ = "studies"
-    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    calling_ae: Mapped[str] = mapped_column(String(16))
-    called_ae: Mapped[str] = mapped_column(String(16))
-    first_received_at: Mapped[float] = mapped_column(Float)
-    last_received_at: Mapped[float] = mapped_column(Float)
-    # When an association that sent instances of this study ended: released cleanly, or cut off.
-    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    interrupted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class SeriesRow(Base):
-    __tablename__ = "series"
-    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
-    first_received_at: Mapped[float] = mapped_column(Float)
-    last_received_at: Mapped[float] = mapped_column(Float)
-
-
-class InstanceRow(Base):
-    __tablename__ = "instances"
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[float] = mapped_column(Float)
-    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
-    size: Mapped[int] = mapped_column(Integer, default=0)  # bytes as received
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    study_uid: Mapped[str] = mapped_column(String(64), index=True)
-    rule: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(255))  # the rule's models, comma-separated
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    input_series: Mapped[list[str]] = mapped_column(JSON, default=list)
-    rtstruct_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    rtstruct_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
-    stages: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
-class DeliveryRow(Base):
-    __tablename__ = "deliveries"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
-    last_status: Mapped[str] = mapped_column(Text, default="")
-    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class AuditRow(Base):
-    """Who sent or got what, when, with what outcome. UIDs, AE titles, addresses, counts, model
-    names and versions only: never patient names, IDs or birth dates."""
-
-    __tablename__ = "audit"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[float] = mapped_column(Float, index=True)
-    event: Mapped[str] = mapped_column(String(32))  # association, received, job, delivery, purge
-    outcome: Mapped[str] = mapped_column(String(32))
-    calling_ae: Mapped[str] = mapped_column(String(16), default="")
-    address: Mapped[str] = mapped_column(String(64), default="")
-    study_uid: Mapped[str] = mapped_column(String(64), default="")
-    series_uid: Mapped[str] = mapped_column(String(64), default="")
-    instances: Mapped[int] = mapped_column(Integer, default=0)
-    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    model: Mapped[str] = mapped_column(String(255), default="")  # "name version, ..."
-    destination: Mapped[str] = mapped_column(String(64), default="")
-    detail: Mapped[str] = mapped_column(Text, default="")
-
-
-AUDIT_COLUMNS = (
-    "at",
-    "event",
-    "outcome",
-    "calling_ae",
-    "address",
-    "study_uid",
-    "series_uid",
-    "instances",
-    "job_id",
-    "model",
-    "destination",
-    "detail",
+from gateway.db.tables import (
+    AUDIT_COLUMNS,
+    AuditRow,
+    Base,
+    DeliveryRow,
+    InstanceRow,
+    JobRow,
+    SeriesRow,
+    StudyRow,
 )
+from gateway.db.work import WorkQueries
 
 
 def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
@@ -157,7 +63,7 @@ def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
     )
 
 
-class Store:
+class Store(WorkQueries):
     """All database access of the gateway."""
 
     def __init__(self, url: str):
@@ -171,7 +77,7 @@ class Store:
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier version up to date: add the columns it lacks
         (all nullable or with a default). New tables were made by ``create_all``."""
-        from sqlalchemy import inspect, text
+        from sqlalchemy import inspect
 
         inspector = inspect(self.engine)
         with self.engine.begin() as conn:
@@ -204,10 +110,18 @@ class Store:
     # -- reception -------------------------------------------------------------------------------
 
     def record_instance(
-        self, rec: InstanceRecord, calling_ae: str, called_ae: str, now: float | None = None
+        self,
+        rec: InstanceRecord,
+        calling_ae: str,
+        called_ae: str,
+        now: float | None = None,
+        opens_association: bool = False,
     ) -> None:
-        """Record (or re-record, on a resend) one received instance and touch its series/study."""
+        """Record (or re-record, on a resend) one received instance and touch its series/study.
+        ``opens_association``: the first instance of this study in an association, which counts
+        as sending the study until :meth:`association_ended`."""
         now = time.time() if now is None else now
+        opened = 1 if opens_association else 0
         with self.session() as s:
             ins = self._insert(StudyRow).values(
                 study_uid=rec.study_uid,
@@ -215,11 +129,14 @@ class Store:
                 called_ae=called_ae,
                 first_received_at=now,
                 last_received_at=now,
+                open_associations=opened,
+                reason="",
             )
             s.execute(
                 ins.on_conflict_do_update(
                     index_elements=["study_uid"],
                     set_={"last_received_at": now}
+                    | ({"open_associations": StudyRow.open_associations + 1} if opened else {})
                     | ({"calling_ae": calling_ae, "called_ae": called_ae} if calling_ae else {}),
                 )
             )
@@ -275,31 +192,51 @@ class Store:
             return s.get(InstanceRow, sop_instance_uid) is not None
 
     def association_ended(self, study_uids: Sequence[str], clean: bool, now: float) -> None:
-        """Record how an association that sent instances of these studies ended."""
+        """An association that sent instances of these studies ended (released, or cut off):
+        it no longer counts as sending them, and each is checked now."""
         column = "released_at" if clean else "interrupted_at"
         with self.session() as s:
             s.execute(
                 update(StudyRow)
                 .where(StudyRow.study_uid.in_(list(study_uids)))
-                .values({column: now})
+                .values(
+                    {
+                        column: now,
+                        "open_associations": case(
+                            (StudyRow.open_associations > 0, StudyRow.open_associations - 1),
+                            else_=0,
+                        ),
+                        "recheck_at": now,
+                    }
+                )
             )
 
     def mark_unfinished_receptions(self, now: float) -> list[str]:
-        """At start-up: studies whose last instance came after their last association ended
-        (it was open when the process stopped) are marked interrupted now; return them."""
+        """At start-up of the receiving process: no association is open any more. Studies that
+        were being sent when it stopped (an association open, or instances after the last
+        association ended) are marked interrupted now and checked; return them."""
         with self.session() as s:
             rows = list(
                 s.scalars(
                     select(StudyRow).where(
-                        (StudyRow.released_at.is_(None))
-                        | (StudyRow.released_at < StudyRow.last_received_at),
-                        (StudyRow.interrupted_at.is_(None))
-                        | (StudyRow.interrupted_at < StudyRow.last_received_at),
+                        (StudyRow.open_associations > 0)
+                        | (
+                            (
+                                (StudyRow.released_at.is_(None))
+                                | (StudyRow.released_at < StudyRow.last_received_at)
+                            )
+                            & (
+                                (StudyRow.interrupted_at.is_(None))
+                                | (StudyRow.interrupted_at < StudyRow.last_received_at)
+                            )
+                        )
                     )
                 )
             )
             for row in rows:
                 row.interrupted_at = now
+                row.open_associations = 0
+                row.recheck_at = now
             return [r.study_uid for r in rows]
 
     def known_instances(self) -> set[str]:
@@ -331,6 +268,10 @@ class Store:
                         last_received_at=se.last_received_at,
                         slices=tuple(_slice(i.sop_instance_uid, i.geometry) for i in inst),
                         paths={i.sop_instance_uid: i.path for i in inst},
+                        received=(
+                            min((i.received_at for i in inst), default=se.first_received_at),
+                            max((i.received_at for i in inst), default=se.last_received_at),
+                        ),
                     )
                 )
             return StudyInfo(
@@ -344,6 +285,7 @@ class Store:
                 if st.interrupted_at is not None
                 and (st.released_at is None or st.interrupted_at > st.released_at)
                 else None,
+                open_associations=st.open_associations or 0,
             )
 
     def list_studies(self) -> list[dict[str, Any]]:
@@ -371,13 +313,14 @@ class Store:
                     "instances": n_inst or 0,
                     "first_received_at": st.first_received_at,
                     "last_received_at": st.last_received_at,
+                    "reason": st.reason or "",
                 }
                 for st, n_series, n_inst in s.execute(query)
             ]
 
-    def studies_with_open_work(self) -> list[str]:
-        """Studies that may still need a readiness check (used to recover after a restart): a
-        job waiting for inputs, or instances received after the study's latest job was opened."""
+    def schedule_open_work(self, now: float) -> int:
+        """After a start: check every study that may need it (a job waiting for inputs, or
+        instances received after its latest job was opened); return how many."""
         latest = (
             select(JobRow.study_uid, func.max(JobRow.created_at).label("opened"))
             .group_by(JobRow.study_uid)
@@ -389,189 +332,19 @@ class Store:
             .where((latest.c.opened.is_(None)) | (latest.c.opened < StudyRow.last_received_at))
         )
         with self.session() as s:
-            waiting = set(
+            uids = set(
                 s.scalars(select(JobRow.study_uid).where(JobRow.state == JobState.WAITING.value))
             )
-            waiting.update(s.scalars(query))
-            return sorted(waiting)
-
-    # -- jobs ------------------------------------------------------------------------------------
-
-    def jobs_for(self, study_uid: str, rule: str) -> list[JobRow]:
-        with self.session() as s:
-            return list(
-                s.scalars(
-                    select(JobRow)
-                    .where(JobRow.study_uid == study_uid, JobRow.rule == rule)
-                    .order_by(JobRow.id)
-                )
-            )
-
-    def create_job(self, study_uid: str, rule: str, model: str, now: float) -> JobRow:
-        with self.session() as s:
-            job = JobRow(
-                study_uid=study_uid,
-                rule=rule,
-                model=model,
-                state=JobState.WAITING.value,
-                reason="waiting for inputs",
-                input_series=[],
-                created_at=now,
-                stages={"created": now},
-                results={},
-            )
-            s.add(job)
-            s.flush()
-            return job
-
-    def job(self, job_id: int) -> JobRow | None:
-        with self.session() as s:
-            return s.get(JobRow, job_id)
-
-    def list_jobs(self, limit: int = 100) -> list[JobRow]:
-        with self.session() as s:
-            return list(s.scalars(select(JobRow).order_by(JobRow.id.desc()).limit(limit)))
-
-    def update_job(
-        self,
-        job_id: int,
-        *,
-        state: JobState | None = None,
-        reason: str | None = None,
-        stage: str | None = None,
-        now: float | None = None,
-        **fields: Any,
-    ) -> JobRow:
-        """Update a job; ``stage`` records ``now`` as that stage's timestamp."""
-        now = time.time() if now is None else now
-        with self.session() as s:
-            job = s.get(JobRow, job_id)
-            if job is None:
-                raise KeyError(job_id)
-            if state is not None:
-                job.state = state.value
-            if reason is not None:
-                job.reason = reason
-            if stage is not None:
-                job.stages = {**job.stages, stage: now}
-            for k, v in fields.items():
-                setattr(job, k, v)
-            s.flush()
-            return job
-
-    def claim_job(self, job_id: int, from_state: JobState, to_state: JobState) -> bool:
-        """Atomically move a job between states; False if it was not in ``from_state``."""
-        with self.session() as s:
-            res = s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == from_state.value)
-                .values(state=to_state.value)
-            )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
-
-    # -- deliveries ------------------------------------------------------------------------------
-
-    def create_deliveries(self, job_id: int, destinations: Sequence[str]) -> list[int]:
-        with self.session() as s:
-            existing = {
-                d.destination: d.id
-                for d in s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id))
-            }
-            ids = []
-            for dest in destinations:
-                if dest in existing:
-                    ids.append(existing[dest])
-                    continue
-                row = DeliveryRow(
-                    job_id=job_id,
-                    destination=dest,
-                    state=DeliveryState.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=0.0,
-                    last_status="",
-                )
-                s.add(row)
-                s.flush()
-                ids.append(row.id)
-            return ids
-
-    def claim_delivery(self, delivery_id: int, now: float) -> bool:
-        """Atomically take a due, pending delivery for sending; False if not due or not pending."""
-        with self.session() as s:
-            res = s.execute(
-                update(DeliveryRow)
+            uids.update(s.scalars(query))
+            s.execute(
+                update(StudyRow)
                 .where(
-                    DeliveryRow.id == delivery_id,
-                    DeliveryRow.state == DeliveryState.PENDING.value,
-                    DeliveryRow.next_attempt_at <= now + 1.0,
+                    StudyRow.study_uid.in_(sorted(uids)),
+                    (StudyRow.recheck_at.is_(None)) | (StudyRow.recheck_at > now),
                 )
-                .values(state=DeliveryState.SENDING.value)
+                .values(recheck_at=now)
             )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
-
-    def delivery(self, delivery_id: int) -> DeliveryRow | None:
-        with self.session() as s:
-            return s.get(DeliveryRow, delivery_id)
-
-    def deliveries_for(self, job_id: int) -> list[DeliveryRow]:
-        with self.session() as s:
-            return list(
-                s.scalars(
-                    select(DeliveryRow).where(DeliveryRow.job_id == job_id).order_by(DeliveryRow.id)
-                )
-            )
-
-    def pending_deliveries(self) -> list[DeliveryRow]:
-        with self.session() as s:
-            return list(
-                s.scalars(
-                    select(DeliveryRow)
-                    .where(DeliveryRow.state == DeliveryState.PENDING.value)
-                    .order_by(DeliveryRow.id)
-                )
-            )
-
-    def older_unfinished_delivery(self, delivery_id: int) -> int | None:
-        """The id of a delivery to the same destination, of an older job (jobs open in order of
-        arrival), still pending or sending."""
-        unfinished = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
-        with self.session() as s:
-            d = s.get(DeliveryRow, delivery_id)
-            if d is None:
-                return None
-            return s.scalar(
-                select(DeliveryRow.id)
-                .where(
-                    DeliveryRow.destination == d.destination,
-                    (DeliveryRow.job_id < d.job_id)
-                    | ((DeliveryRow.job_id == d.job_id) & (DeliveryRow.id < d.id)),
-                    DeliveryRow.state.in_(unfinished),
-                )
-                .order_by(DeliveryRow.job_id, DeliveryRow.id)
-                .limit(1)
-            )
-
-    def next_pending_delivery(self, destination: str) -> DeliveryRow | None:
-        with self.session() as s:
-            return s.scalar(
-                select(DeliveryRow)
-                .where(
-                    DeliveryRow.destination == destination,
-                    DeliveryRow.state == DeliveryState.PENDING.value,
-                )
-                .order_by(DeliveryRow.job_id, DeliveryRow.id)
-                .limit(1)
-            )
-
-    def update_delivery(self, delivery_id: int, **fields: Any) -> DeliveryRow:
-        with self.session() as s:
-            row = s.get(DeliveryRow, delivery_id)
-            if row is None:
-                raise KeyError(delivery_id)
-            for k, v in fields.items():
-                setattr(row, k, v.value if isinstance(v, enum.Enum) else v)
-            s.flush()
-            return row
+            return len(uids)
 
     # -- audit -----------------------------------------------------------------------------------
 

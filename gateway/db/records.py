@@ -65,6 +65,8 @@ class SeriesInfo:
     last_received_at: float
     slices: tuple[SliceGeometry, ...] = field(default=())
     paths: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> spool path
+    # (first, last) arrival of the instances held now: a resend moves both.
+    received: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,5 @@ class StudyInfo:
     series: tuple[SeriesInfo, ...]
     # Set when the association that sent it last was cut off and none has been released since.
     interrupted_at: float | None = None
+    # Associations sending this study right now: while any is open the study is never ready.
+    open_associations: int = 0

@@ -326,28 +326,20 @@ def _referenced_series(rt: Any, series_uids: set[str], sop_to_series: dict[str, 
 
 def _roi_meta(rt: Any, job: Any) -> dict[str, dict[str, Any]]:
     """Per ROI name: its display colour and the model (and version) that made it, from the
-    job's results, else from the RTSTRUCT's ROIGenerationDescription ("<model> <version>")."""
+    job's typed outcome (the RTSTRUCT carries the same provenance)."""
     numbers = {int(r.ROINumber): r for r in rt.StructureSetROISequence}
     colors = {
         int(c.ReferencedROINumber): tuple(int(v) for v in c.get("ROIDisplayColor", [255, 0, 0]))
         for c in rt.get("ROIContourSequence", [])
     }
-    by_name = {r["name"]: r for r in ((job.results or {}).get("rois") or [])} if job else {}
+    by_name = {r.name: r.provenance for r in job.job_outcome.rois} if job else {}
     meta: dict[str, dict[str, Any]] = {}
     for number, roi in numbers.items():
         name = str(roi.ROIName)
-        model, version = "", ""
-        if name in by_name:
-            model = str(by_name[name].get("model", ""))
-            version = str(by_name[name].get("model_version", ""))
-        else:
-            described = str(roi.get("ROIGenerationDescription", "")).strip()
-            model, _, version = described.rpartition(" ")
-            if not model:
-                model, version = described, ""
+        prov = by_name.get(name)
         meta[name] = {
-            "model": model,
-            "model_version": version,
+            "model": prov.model_name if prov else "",
+            "model_version": prov.model_version if prov else "",
             "color": colors.get(number, (255, 0, 0)),
         }
     return meta
@@ -356,29 +348,31 @@ def _roi_meta(rt: Any, job: Any) -> dict[str, dict[str, Any]]:
 def _models_summary(job: Any, descriptions: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per model of the job: state, version, the series it read (by description), timings."""
     out: dict[str, dict[str, Any]] = {}
-    for name, o in ((job.results or {}).get("models") or {}).items() if job else ():
-        entry: dict[str, Any] = {"state": o.get("state", "")}
-        for key in ("version", "reason", "volume_s", "segment_s"):
-            if key in o:
-                entry[key] = o[key]
-        if "input_series" in o:
-            entry["inputs"] = [descriptions.get(u, u) for u in o["input_series"]]
+    for name, o in job.job_outcome.models.items() if job else ():
+        entry: dict[str, Any] = {"state": o.state.value}
+        if o.provenance is not None:
+            entry["version"] = o.provenance.model_version
+        if o.reason:
+            entry["reason"] = o.reason
+        if o.state.value == "done":
+            entry.update(volume_s=o.volume_s, wait_s=o.wait_s, segment_s=o.segment_s)
+            entry["inputs"] = [descriptions.get(u, u) for u in o.input_series]
         out[name] = entry
     return out
 
 
 def _timings(loop: _Loopback, job: Any) -> dict[str, float]:
-    """Per-stage seconds (:func:`gateway.pipeline.stage_timings`), each model's inference time
+    """Per-stage seconds (:func:`gateway.job.stage_timings`), each model's inference time
     (``segment:<model>``), the merge, and the demo's wall time."""
-    from gateway.pipeline import stage_timings
+    from gateway.db.work import timings as job_timings
 
-    timings = dict(stage_timings(job, loop.db.study_times(job.study_uid))) if job else {}
-    results = (job.results or {}) if job else {}
-    for name, o in (results.get("models") or {}).items():
-        if "segment_s" in o:
-            timings[f"segment:{name}"] = float(o["segment_s"])
-    if "merge_s" in results:
-        timings["merge"] = float(results["merge_s"])
+    timings = dict(job_timings(job)) if job else {}
+    if job:
+        outcome = job.job_outcome
+        for name, o in outcome.models.items():
+            if o.state.value == "done":
+                timings[f"segment:{name}"] = o.segment_s
+        timings["merge"] = outcome.merge_s
     timings["demo_wall"] = round(time.monotonic() - loop.t_start, 2)
     return timings
 

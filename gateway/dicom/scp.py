@@ -269,19 +269,16 @@ class StorageSCP:
                 id(assoc),
                 _Session(assoc.requestor.ae_title.strip(), assoc.requestor.address, False),
             )
-        code, why, rec = self._store(event)
+        code, why, rec = self._store(event, session)
         with self._lock:
             if rec is None:
                 session.refused[why] = session.refused.get(why, 0) + 1
                 return code
-            first = not any(study == rec.study_uid for study, _ in session.stored)
             key = (rec.study_uid, rec.series_uid)
             session.stored[key] = session.stored.get(key, 0) + 1
-        if first:
-            self.receiver.studies_complete({rec.study_uid})
         return code
 
-    def _store(self, event: Any) -> tuple[int, str, InstanceRecord | None]:
+    def _store(self, event: Any, session: _Session) -> tuple[int, str, InstanceRecord | None]:
         """Decode, check and store one C-STORE request: (status, reason, record if stored)."""
         assoc = event.assoc
         try:
@@ -294,6 +291,7 @@ class StorageSCP:
                 assoc.acceptor.ae_title.strip(),
                 sop_class_uid=str(event.request.AffectedSOPClassUID),
                 transfer_syntax=str(event.context.transfer_syntax),
+                opens=lambda study: all(study != st for st, _ in session.stored),
             )
         except DatasetMismatch as exc:
             log.warning("C-STORE refused (0xA900): %s", exc)
@@ -343,6 +341,3 @@ class StorageSCP:
             session.tls,
             clean=released,
         )
-        studies = {study for study, _ in session.stored}
-        if studies:
-            self.receiver.studies_complete(studies)

@@ -181,14 +181,12 @@ class Receiver:
         self,
         spool: Spool,
         store: Store,
-        on_study: Callable[[str], None],
         limits: LimitsConfig | None = None,
         storage: StorageConfig | None = None,
         crash: CrashPoints | None = None,
     ):
         self.spool = spool
         self.store = store
-        self.on_study = on_study  # called with a Study UID when its instances may be complete
         self.limits = limits or LimitsConfig()
         self.storage = storage or StorageConfig()
         self.crash = crash or CrashPoints()
@@ -202,11 +200,14 @@ class Receiver:
         *,
         sop_class_uid: str | None = None,
         transfer_syntax: str = "1.2.840.10008.1.2.1",
+        opens: Callable[[str], bool] = lambda study_uid: False,
     ) -> InstanceRecord:
         """Store one instance durably and record it; return its record.
 
         Raises InvalidInput (unusable: 0xC210), DatasetMismatch (0xA900), OutOfResources (disk
         guard or study limits: 0xA700) or OSError / SQLAlchemyError (also 0xA700).
+        ``opens(study_uid)`` says whether this is the association's first instance of the study
+        (the study then counts as being sent until the association ends).
         """
         check_encoding(ds)
         rec = describe_instance(ds)
@@ -214,7 +215,12 @@ class Receiver:
         self._guard(rec, len(encoded))
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
         rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
-        self.store.record_instance(rec, calling_ae=calling_ae, called_ae=called_ae)
+        self.store.record_instance(
+            rec,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            opens_association=opens(rec.study_uid),
+        )
         self.crash.hit("receive.before_ack")
         return rec
 
@@ -258,7 +264,9 @@ class Receiver:
             studies.add(rec.study_uid)
         if studies:
             log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))
-            self.studies_complete(studies)
+            now = time.time()
+            for uid in sorted(studies):
+                self.store.schedule_check(uid, now)
         return len(studies)
 
     def _audit(self, event: str, outcome: str, **fields: Any) -> None:
@@ -309,8 +317,3 @@ class Receiver:
             self._audit("received", "refused", **who, instances=n, detail=why)
         if not stored and not refused:
             self._audit("association", "no instances", **who, detail=how)
-
-    def studies_complete(self, study_uids: set[str]) -> None:
-        """An association ended: its studies may be complete once quiet."""
-        for uid in sorted(study_uids):
-            self.on_study(uid)

@@ -75,3 +75,27 @@ def select_series(channel: InputChannel, series: Sequence[SeriesInfo]) -> Series
         return (float(number) if number is not None else -1.0, s.last_received_at, s.series_uid)
 
     return max(candidates, key=key)
+
+
+def explain(rules: Iterable[RuleConfig], study: StudyInfo, limit: int = 500) -> str:
+    """Why no rule matches ``study``: per rule, the first condition that failed (series
+    attributes only, never patient data)."""
+    parts = []
+    for rule in rules:
+        m = rule.match
+        if m.calling_ae is not None and not re.fullmatch(m.calling_ae, study.calling_ae):
+            parts.append(f"rule {rule.name}: calling AE {study.calling_ae!r} not {m.calling_ae!r}")
+        elif m.called_ae is not None and not re.fullmatch(m.called_ae, study.called_ae):
+            parts.append(f"rule {rule.name}: called AE {study.called_ae!r} not {m.called_ae!r}")
+        elif m.series is not None:
+            failed = sorted(
+                {
+                    f"{kw} {_as_text(s.attributes.get(kw, ''))[:24]!r}"
+                    for s in study.series
+                    for kw, cond in m.series.conditions.items()
+                    if not condition_holds(cond, s.attributes.get(kw))
+                }
+            )
+            parts.append(f"rule {rule.name}: no series matches ({', '.join(failed[:4])})")
+    text = "; ".join(parts) or "no rules configured"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -113,7 +113,7 @@ def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) 
     )
     centre = img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()])
     assert np.linalg.norm(points.mean(axis=0)[:2] - np.array(centre)[:2]) <= 25.0
-    assert jobs[0]["state"] == "done" and jobs[0]["model"] == "taps"
+    assert jobs[0]["state"] == "done" and jobs[0]["models"] == ["taps"]
 
     # Every contour point lies inside the image volume (half a pixel of tolerance).
     ref = sitk.ReadImage([str(p) for p in sorted(PROSTATEX_T2.glob("*.dcm"))])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,16 +43,20 @@ def scp_factory(tmp_path: Path) -> Iterator:
         peers: tuple[PeerConfig, ...] = (PeerConfig(ae_title="SENDER"),),
         limits: LimitsConfig | None = None,
         storage: StorageConfig | None = None,
-    ) -> tuple[StorageSCP, list[str]]:
-        touched: list[str] = []
+    ) -> tuple[StorageSCP, Callable[[], list[str]]]:
         storage = storage or StorageConfig(min_free_mb=10)
-        rx = Receiver(
-            Spool(spool_root),
-            Store(f"sqlite:///{tmp_path / 'db.sqlite'}"),
-            touched.append,
-            limits=limits,
-            storage=storage,
-        )
+        db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        rx = Receiver(Spool(spool_root), db, limits=limits, storage=storage)
+
+        def touched(wait_s: float = 3.0) -> list[str]:
+            """Studies whose readiness check the association's end asked for."""
+            deadline = time.monotonic() + wait_s
+            while True:
+                due = [uid for uid, _ in db.due_checks(now=time.time() + 1)]
+                if due or time.monotonic() > deadline:
+                    return due
+                time.sleep(0.05)
+
         scp = StorageSCP("AIRCON", "127.0.0.1", 0, peers, rx, limits=limits)
         scp.start()
         servers.append(scp)
@@ -72,7 +77,7 @@ def test_store_success_is_durable_before_the_response(scp_factory, tmp_path: Pat
     assert store(_dest(scp), "SENDER", [ds]) == [0x0000]
     files = list((tmp_path / "spool").rglob("*.dcm"))
     assert [f.name for f in files] == [f"{ds.SOPInstanceUID}.dcm"]
-    assert set(touched) == {ds.StudyInstanceUID}  # a readiness check was scheduled
+    assert touched() == [ds.StudyInstanceUID]  # a readiness check was scheduled
 
 
 def test_failed_spool_write_answers_out_of_resources(scp_factory, tmp_path: Path) -> None:
@@ -81,7 +86,7 @@ def test_failed_spool_write_answers_out_of_resources(scp_factory, tmp_path: Path
     scp, touched = scp_factory(blocker)
     with pytest.raises(PeerBusy, match="0xA700"):
         store(_dest(scp), "SENDER", [_mr()])
-    assert touched == []
+    assert touched(wait_s=0.5) == []
 
 
 def test_uid_with_path_separator_is_refused(scp_factory, tmp_path: Path) -> None:
@@ -137,7 +142,7 @@ def test_disk_guard_refuses_with_out_of_resources_and_says_why(
     with pytest.raises(PeerBusy, match="0xA700"):
         store(_dest(scp), "SENDER", [_mr()])
     assert "disk guard" in caplog.text and "min_free_mb" in caplog.text
-    assert touched == [] and not list((tmp_path / "spool").rglob("*.dcm"))
+    assert touched(wait_s=0.5) == [] and not list((tmp_path / "spool").rglob("*.dcm"))
     from gateway.dicom.scu import echo
 
     assert echo(_dest(scp), "SENDER").ok  # the node still answers

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.db.database import JobRow, Store
-from gateway.db.records import DeliveryState, InstanceRecord, JobState, StudyInfo
-from gateway.dicom import scu
+from gateway.db.database import Store
+from gateway.db.records import DeliveryState, InstanceRecord, JobState
+from gateway.deliver.delivery import backoff_delay
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
-from gateway.pipeline import Pipeline, backoff_delay, stage_timings
+from gateway.job import JobOutcome, ModelOutcome, ModelState, stage_timings
+from gateway.pipeline import Pipeline
 
 STUDY = "1.2.840.99.1"
 SERIES = "1.2.840.99.1.2"
@@ -37,19 +38,18 @@ def test_backoff_doubles_within_jitter_and_is_capped() -> None:
 
 
 def test_stage_timings_from_recorded_timestamps() -> None:
-    job = JobRow(
-        stages={
-            "created": 5.0,
-            "ready": 20.0,
-            "started": 21.0,
-            "volume": 23.0,
-            "segment": 33.0,
-            "rtstruct": 34.0,
-            "delivered": 36.5,
-        }
-    )
-    study = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 12.0, ())
-    assert stage_timings(job, study) == {
+    stages = {
+        "created": 5.0,
+        "received_first": 0.0,
+        "received_last": 12.0,
+        "ready": 20.0,
+        "started": 21.0,
+        "volume": 23.0,
+        "segment": 33.0,
+        "rtstruct": 34.0,
+        "delivered": 36.5,
+    }
+    assert stage_timings(stages) == {
         "receive": 12.0,
         "assemble": 8.0,
         "queue": 1.0,
@@ -59,10 +59,13 @@ def test_stage_timings_from_recorded_timestamps() -> None:
         "send": 2.5,
         "total": 24.5,
     }
-    # A study resent after the job was ready: 'received_last' stops at 'ready'.
-    late = StudyInfo(STUDY, "SCANNER", "AIRCON", 0.0, 500.0, ())
-    assert stage_timings(job, late)["receive"] == 20.0
-    assert stage_timings(JobRow(stages={"created": 1.0}), None) == {}
+    # Waiting for a model another job was using is 'wait', not 'segment'.
+    waited = JobOutcome(
+        models={"m": ModelOutcome(state=ModelState.DONE, wait_s=6.0, segment_s=4.0)}
+    )
+    timings = stage_timings(stages, waited)
+    assert (timings["wait"], timings["segment"]) == (6.0, 4.0)
+    assert stage_timings({"created": 1.0}) == {}
 
 
 # -- fakes ---------------------------------------------------------------------------------------
@@ -70,12 +73,8 @@ def test_stage_timings_from_recorded_timestamps() -> None:
 
 @dataclass
 class RecordingDispatcher:
-    checks: list[tuple[str, float]] = field(default_factory=list)
     runs: list[int] = field(default_factory=list)
     deliveries: list[tuple[int, float]] = field(default_factory=list)
-
-    def check_study(self, study_uid: str, delay: float = 0.0) -> None:
-        self.checks.append((study_uid, delay))
 
     def run_job(self, job_id: int) -> None:
         self.runs.append(job_id)
@@ -92,13 +91,27 @@ class Clock:
         return self.t
 
 
+class FakeSender:
+    """The delivery's Sender seam: raises the queued errors in turn, then succeeds."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls: list[tuple[str, str, list[Path]]] = []
+
+    def __call__(self, dest, calling_ae, files, *, timeout=30.0, progress=None, before_send=None):  # noqa: ANN001, E501
+        self.calls.append((dest.ae_title, calling_ae, list(files)))
+        if self.errors:
+            raise self.errors.pop(0)
+        return [0] * len(files)
+
+
 def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
     model = {
         "name": "pelvis",
         "kind": "nnunet",
         "version": "1",
         "nnunet": {"folder": "nnunet"},
-        "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
+        "inputs": [{"name": "T2", "select": {"Modality": "^MR$"}}],
         "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
     }
     return GatewayConfig.model_validate(
@@ -110,8 +123,8 @@ def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
             "rules": [
                 {
                     "name": "mr",
-                    "match": {"series": {"keywords": {"Modality": "^MR$"}}},
-                    "model": "pelvis",
+                    "match": {"series": {"Modality": "^MR$"}},
+                    "models": ["pelvis"],
                     "destinations": ["planning"],
                 }
             ],
@@ -136,8 +149,35 @@ def dispatcher() -> RecordingDispatcher:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, store: Store, dispatcher: RecordingDispatcher, clock: Clock):
-    return Pipeline(make_config(tmp_path), store, dispatcher, segmenters=object(), clock=clock)
+def sender() -> FakeSender:
+    return FakeSender()
+
+
+@pytest.fixture
+def pipeline(
+    tmp_path: Path,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    sender: FakeSender,
+):
+    return Pipeline(
+        make_config(tmp_path),
+        store,
+        dispatcher,
+        segmenters=object(),
+        clock=clock,
+        sender=sender,
+        owner="test:1:x",
+    )
+
+
+def recheck_at(store: Store, study_uid: str = STUDY) -> float | None:
+    from gateway.db.tables import StudyRow
+
+    with store.session() as s:
+        row = s.get(StudyRow, study_uid)
+        return None if row is None else row.recheck_at
 
 
 def receive(store: Store, heights: list[float], at: float, modality: str = "MR") -> None:
@@ -178,7 +218,7 @@ def test_study_waits_then_queues_exactly_one_job_when_quiet(
     assert job.state == JobState.WAITING.value
     assert job.reason == "pelvis: input 0 'T2': series still receiving"
     assert dispatcher.runs == []
-    assert dispatcher.checks == [(STUDY, pytest.approx(6.0))]
+    assert recheck_at(store) == pytest.approx(T0 + 10)  # when the series will be quiet
 
     clock.t = T0 + 10
     pipeline.check_study(STUDY)
@@ -231,7 +271,7 @@ def test_study_that_never_completes_fails_after_the_timeout(
     [job] = store.jobs_for(STUDY, "mr")
     assert job.state == JobState.WAITING.value
     assert "gap in slice positions" in job.reason
-    assert dispatcher.checks == [(STUDY, pytest.approx(300.0))]  # the deadline
+    assert recheck_at(store) == pytest.approx(T0 + 20 + 300)  # the deadline
 
     clock.t = T0 + 20 + 300
     pipeline.check_study(STUDY)
@@ -265,26 +305,14 @@ def test_new_instances_after_a_failed_job_open_a_new_job(
 
 
 def delivering_job(store: Store, tmp_path: Path) -> tuple[int, int]:
+    """A job (of its own study) whose RTSTRUCT is built and whose one delivery is pending."""
     rt = tmp_path / "rtstruct.dcm"
     rt.write_bytes(b"DICM")
-    job = store.create_job(STUDY, "mr", "pelvis", T0)
+    study = f"{STUDY}.{len(store.list_jobs()) + 1}"
+    job = store.create_job(study, "mr", ["pelvis"], T0)
     store.update_job(job.id, state=JobState.DELIVERING, rtstruct_path=str(rt))
     [delivery_id] = store.create_deliveries(job.id, ["planning"])
     return job.id, delivery_id
-
-
-class FakeStore:
-    """Stands in for ``scu.store``: raises the queued errors in turn, then succeeds."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls: list[tuple[str, str, list[Path]]] = []
-
-    def __call__(self, dest, calling_ae, files, *, timeout=30.0, progress=None, before_send=None):  # noqa: ANN001, E501
-        self.calls.append((dest.ae_title, calling_ae, list(files)))
-        if self.errors:
-            raise self.errors.pop(0)
-        return [0] * len(files)
 
 
 def test_retriable_failure_backs_off_then_parks_after_max_attempts(
@@ -293,15 +321,15 @@ def test_retriable_failure_backs_off_then_parks_after_max_attempts(
     dispatcher: RecordingDispatcher,
     clock: Clock,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    sender: FakeSender,
 ) -> None:
     job_id, did = delivering_job(store, tmp_path)
-    fake = FakeStore(
+    sender.errors = [
         PeerUnavailable("TPS@127.0.0.1:104: association failed"),
         PeerBusy("TPS answered 0xA700"),
         PeerUnavailable("refused"),
-    )
-    monkeypatch.setattr(scu, "store", fake)
+    ]
+    fake = sender
 
     pipeline.deliver(did)
     d = store.delivery(did)
@@ -353,10 +381,10 @@ def test_rejection_is_permanent_at_once(
     store: Store,
     dispatcher: RecordingDispatcher,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    sender: FakeSender,
 ) -> None:
     job_id, did = delivering_job(store, tmp_path)
-    monkeypatch.setattr(scu, "store", FakeStore(DeliveryRejected("TPS answered 0xC000")))
+    sender.errors = [DeliveryRejected("TPS answered 0xC000")]
     pipeline.deliver(did)
     d = store.delivery(did)
     assert (d.state, d.attempts, d.last_status) == ("failed", 1, "TPS answered 0xC000")
@@ -369,10 +397,10 @@ def test_unexpected_library_error_is_retried(
     store: Store,
     dispatcher: RecordingDispatcher,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    sender: FakeSender,
 ) -> None:
     _, did = delivering_job(store, tmp_path)
-    monkeypatch.setattr(scu, "store", FakeStore(RuntimeError("socket gone")))
+    sender.errors = [RuntimeError("socket gone")]
     pipeline.deliver(did)
     d = store.delivery(did)
     assert (d.state, d.last_status) == ("pending", "unexpected RuntimeError")
@@ -382,7 +410,7 @@ def test_unexpected_library_error_is_retried(
 def test_resend_of_a_job_without_complete_inputs_is_refused(
     pipeline: Pipeline, store: Store
 ) -> None:
-    job = store.create_job(STUDY, "mr", "pelvis", T0)
+    job = store.create_job(STUDY, "mr", ["pelvis"], T0)
     store.update_job(job.id, state=JobState.FAILED, reason="not ready")
     with pytest.raises(Exception, match="never had complete inputs"):
         pipeline.resend(job.id)
@@ -396,13 +424,13 @@ def test_deliveries_to_one_destination_go_in_order_of_arrival(
     dispatcher: RecordingDispatcher,
     clock: Clock,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    sender: FakeSender,
 ) -> None:
     first_job, first = delivering_job(store, tmp_path)
     _, second = delivering_job(store, tmp_path)
     _, third = delivering_job(store, tmp_path)
-    fake = FakeStore(PeerUnavailable("down"))
-    monkeypatch.setattr(scu, "store", fake)
+    sender.errors = [PeerUnavailable("down")]
+    fake = sender
 
     pipeline.deliver(second)  # its RTSTRUCT was ready first, but an older job's is pending
     pipeline.deliver(first)  # the destination is down: retry later

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -38,9 +39,8 @@ def _instance() -> tuple[Dataset, bytes]:
 
 
 def test_accept_writes_spool_and_records_instance(tmp_path: Path) -> None:
-    touched: list[str] = []
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    rx = Receiver(Spool(tmp_path / "spool"), store, touched.append)
+    rx = Receiver(Spool(tmp_path / "spool"), store)
     ds, data = _instance()
     assert rx.accept(ds, data, "STORESCU", "AIRCON").study_uid == ds.StudyInstanceUID
     study = store.study(ds.StudyInstanceUID)
@@ -56,11 +56,10 @@ def test_spool_files_without_rows_are_recorded_at_start(tmp_path: Path) -> None:
     ds, data = _instance()
     spool.write(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    touched: list[str] = []
-    rx = Receiver(spool, store, touched.append)
+    rx = Receiver(spool, store)
     assert store.study(ds.StudyInstanceUID) is None
     assert rx.recover_spool() == 1
-    assert touched == [ds.StudyInstanceUID]
+    assert [uid for uid, _ in store.due_checks(now=time.time())] == [ds.StudyInstanceUID]
     assert ds.SOPInstanceUID in store.known_instances()
     assert rx.recover_spool() == 0  # idempotent
 
@@ -93,9 +92,7 @@ def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     spool = Spool(tmp_path / "spool")
     limits = LimitsConfig(max_instances_per_study=2, max_bytes_per_study=10**6)
-    rx = Receiver(
-        spool, store, lambda uid: None, limits=limits, storage=StorageConfig(min_free_mb=0)
-    )
+    rx = Receiver(spool, store, limits=limits, storage=StorageConfig(min_free_mb=0))
     ds, data = _instance()
     for _ in range(2):
         ds.SOPInstanceUID = generate_uid()
@@ -106,9 +103,7 @@ def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path
         rx.accept(ds, data, "STORESCU", "AIRCON")
     assert store.study_usage(ds.StudyInstanceUID) == (2, 2 * len(data))
 
-    small = Receiver(
-        spool, store, lambda uid: None, limits=LimitsConfig(max_bytes_per_study=len(data) * 2)
-    )
+    small = Receiver(spool, store, limits=LimitsConfig(max_bytes_per_study=len(data) * 2))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     small.storage = StorageConfig(min_free_mb=0)
     for n in range(3):
@@ -118,7 +113,7 @@ def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path
     with pytest.raises(OutOfResources, match="max_bytes_per_study"):
         small.accept(ds, data, "STORESCU", "AIRCON")
 
-    guarded = Receiver(spool, store, lambda uid: None, storage=StorageConfig(min_free_mb=1e12))
+    guarded = Receiver(spool, store, storage=StorageConfig(min_free_mb=1e12))
     ds.SOPInstanceUID = generate_uid()
     with pytest.raises(OutOfResources, match="disk guard"):
         guarded.accept(ds, data, "STORESCU", "AIRCON")

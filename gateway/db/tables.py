@@ -1,0 +1,148 @@
+"""The database tables (SQLAlchemy 2 ORM). Rows hold UIDs, geometry, series descriptions and
+salted hashes, never patient names, IDs or birth dates. Schema changes are Alembic migrations
+(:mod:`gateway.db.migrations`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gateway.db.records import TERMINAL, JobState
+from gateway.job import JobOutcome, JobPlan
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+    # When an association that sent instances of this study ended: released cleanly, or cut off.
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    interrupted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Associations sending this study right now (a study being received is never ready).
+    open_associations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The one readiness timer: when the study is next checked (None: nothing to check).
+    recheck_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")  # why not processed
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(Integer, default=0)  # bytes as received
+
+
+OPEN_JOB_STATES = tuple(s.value for s in JobState if s not in TERMINAL)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)  # the rule's models, in order
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    input_series: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rtstruct_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rtstruct_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    stages: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # gateway.job.JobPlan
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # gateway.job.JobOutcome
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # runs claimed
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    # At most one unfinished job per study and rule, whichever process checks the study.
+    __table_args__ = (
+        Index(
+            "ix_jobs_one_open_per_rule",
+            "study_uid",
+            "rule",
+            unique=True,
+            sqlite_where=text(f"state IN {OPEN_JOB_STATES!r}"),
+            postgresql_where=text(f"state IN {OPEN_JOB_STATES!r}"),
+        ),
+    )
+
+    @property
+    def job_plan(self) -> JobPlan:
+        return JobPlan.model_validate(self.plan or {})
+
+    @property
+    def job_outcome(self) -> JobOutcome:
+        return JobOutcome.model_validate(self.outcome or {})
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_status: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditRow(Base):
+    """Who sent or got what, when, with what outcome. UIDs, AE titles, addresses, counts, model
+    names and versions only: never patient names, IDs or birth dates."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    event: Mapped[str] = mapped_column(String(32))  # association, received, job, delivery, purge
+    outcome: Mapped[str] = mapped_column(String(32))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str] = mapped_column(String(255), default="")  # "name version, ..."
+    destination: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+AUDIT_COLUMNS = (
+    "at",
+    "event",
+    "outcome",
+    "calling_ae",
+    "address",
+    "study_uid",
+    "series_uid",
+    "instances",
+    "job_id",
+    "model",
+    "destination",
+    "detail",
+)

@@ -1,0 +1,564 @@
+"""Jobs and deliveries: the claims that guard them, their leases, and the readiness timer.
+
+The database, not a process lock, decides who does what. Every transition is one conditional
+UPDATE (or one transaction), so two processes that try the same step do it once:
+
+* a study's next check is ``studies.recheck_at``; a checker takes it by clearing it from the
+  value it saw (:meth:`claim_recheck`);
+* at most one unfinished job per study and rule (a partial unique index);
+  :meth:`create_job` returns the open one when another process made it first;
+* a job runs under a lease (owner, expiry) that its owner renews while it works; a job whose
+  lease expired, or whose owner is a dead process on this host, is queued again by
+  :meth:`reclaim` in any process. Deliveries being sent hold leases the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.db.records import DeliveryState, JobState
+from gateway.db.tables import DeliveryRow, JobRow, StudyRow
+from gateway.job import JobOutcome, JobPlan, stage_timings
+
+UNFINISHED_DELIVERY = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
+
+
+class WorkQueries:
+    """Job and delivery queries of :class:`gateway.db.database.Store` (a mixin)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
+    # -- the readiness timer -------------------------------------------------------------------
+
+    def schedule_check(self, study_uid: str, at: float) -> None:
+        """Check the study at ``at`` or earlier (an earlier pending check is kept)."""
+        with self.session() as s:
+            s.execute(
+                update(StudyRow)
+                .where(
+                    StudyRow.study_uid == study_uid,
+                    or_(StudyRow.recheck_at.is_(None), StudyRow.recheck_at > at),
+                )
+                .values(recheck_at=at)
+            )
+
+    def due_checks(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        with self.session() as s:
+            rows = s.execute(
+                select(StudyRow.study_uid, StudyRow.recheck_at)
+                .where(StudyRow.recheck_at <= now)
+                .order_by(StudyRow.recheck_at)
+                .limit(limit)
+            )
+            return [(uid, float(at)) for uid, at in rows if at is not None]
+
+    def claim_recheck(self, study_uid: str, seen: float) -> bool:
+        """Take a due check: True for exactly one of the processes that saw it."""
+        with self.session() as s:
+            res = s.execute(
+                update(StudyRow)
+                .where(StudyRow.study_uid == study_uid, StudyRow.recheck_at == seen)
+                .values(recheck_at=None)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def set_study_reason(self, study_uid: str, reason: str) -> bool:
+        """Record why a study is not processed; True when the reason changed."""
+        with self.session() as s:
+            res = s.execute(
+                update(StudyRow)
+                .where(StudyRow.study_uid == study_uid, StudyRow.reason != reason)
+                .values(reason=reason)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def jobs_for(self, study_uid: str, rule: str) -> list[JobRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobRow)
+                    .where(JobRow.study_uid == study_uid, JobRow.rule == rule)
+                    .order_by(JobRow.id)
+                )
+            )
+
+    def create_job(self, study_uid: str, rule: str, models: Sequence[str], now: float) -> JobRow:
+        """Open a job waiting for its inputs, or return the unfinished one for this study and
+        rule (another process may have opened it a moment ago)."""
+        try:
+            with self.session() as s:
+                job = JobRow(
+                    study_uid=study_uid,
+                    rule=rule,
+                    models=list(models),
+                    state=JobState.WAITING.value,
+                    reason="waiting for inputs",
+                    input_series=[],
+                    created_at=now,
+                    stages={"created": now},
+                    plan={},
+                    outcome={},
+                    attempts=0,
+                )
+                s.add(job)
+                s.flush()
+                return job
+        except IntegrityError:
+            with self.session() as s:
+                existing = s.scalar(
+                    select(JobRow).where(
+                        JobRow.study_uid == study_uid,
+                        JobRow.rule == rule,
+                        JobRow.state.not_in([JobState.DONE.value, JobState.FAILED.value]),
+                    )
+                )
+            if existing is None:  # it finished in between: try once more
+                return self.create_job(study_uid, rule, models, now)
+            return existing
+
+    def job(self, job_id: int) -> JobRow | None:
+        with self.session() as s:
+            return s.get(JobRow, job_id)
+
+    def list_jobs(self, limit: int = 100) -> list[JobRow]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow).order_by(JobRow.id.desc()).limit(limit)))
+
+    def jobs_in(self, *states: JobState) -> list[JobRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobRow)
+                    .where(JobRow.state.in_([st.value for st in states]))
+                    .order_by(JobRow.id)
+                )
+            )
+
+    def update_job(
+        self,
+        job_id: int,
+        *,
+        state: JobState | None = None,
+        reason: str | None = None,
+        stage: str | None = None,
+        now: float | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Update a job; ``stage`` records ``now`` as that stage's timestamp."""
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            _apply(job, state, reason, stage, now, fields)
+            s.flush()
+            return job
+
+    def mark_ready(self, job_id: int, plan: JobPlan, stages: dict[str, float], reason: str) -> bool:
+        """WAITING -> QUEUED with its plan; False if another process did it first."""
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or job.state != JobState.WAITING.value:
+                return False
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == JobState.WAITING.value)
+                .values(
+                    state=JobState.QUEUED.value,
+                    reason=reason,
+                    plan=plan.model_dump(mode="json"),
+                    input_series=plan.series_used,
+                    stages={**job.stages, **stages},
+                )
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def claim_job(self, job_id: int, owner: str, now: float, lease_s: float) -> bool:
+        """QUEUED -> RUNNING under a lease held by ``owner``; False if not queued."""
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
+                .values(
+                    state=JobState.RUNNING.value,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_s,
+                    attempts=JobRow.attempts + 1,
+                )
+            )
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return False
+            job = s.get(JobRow, job_id)
+            assert job is not None
+            # A run's stages are its own: a job run again records them again.
+            kept = {k: v for k, v in job.stages.items() if k not in _RUN_STAGES}
+            job.stages = {**kept, "started": now}
+            return True
+
+    def finish_run(
+        self,
+        job_id: int,
+        outcome: JobOutcome,
+        rtstruct_uid: str,
+        rtstruct_path: str,
+        destinations: Sequence[str],
+        now: float,
+    ) -> list[int]:
+        """The structure set is built: record it, open its deliveries and release the lease,
+        in one transaction; return the delivery ids."""
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            assert job is not None
+            _apply(
+                job,
+                JobState.DELIVERING,
+                outcome.partial,
+                "rtstruct",
+                now,
+                {
+                    "outcome": outcome.model_dump(mode="json"),
+                    "rtstruct_uid": rtstruct_uid,
+                    "rtstruct_path": rtstruct_path,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
+            )
+            existing = {
+                d.destination: d.id
+                for d in s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id))
+            }
+            ids = []
+            for dest in destinations:
+                if dest not in existing:
+                    row = DeliveryRow(
+                        job_id=job_id,
+                        destination=dest,
+                        state=DeliveryState.PENDING.value,
+                        attempts=0,
+                        next_attempt_at=0.0,
+                        last_status="",
+                    )
+                    s.add(row)
+                    s.flush()
+                    existing[dest] = row.id
+                ids.append(existing[dest])
+            return ids
+
+    def fail_job(
+        self, job_id: int, reason: str, now: float, outcome: JobOutcome | None = None
+    ) -> JobRow:
+        """The job failed: state, reason, stage, the audit row and the study's next check (new
+        instances may have come meanwhile), in one transaction."""
+        fields: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if outcome is not None:
+            fields["outcome"] = outcome.model_dump(mode="json")
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            _apply(job, JobState.FAILED, reason, "failed", now, fields)
+            _audit_job(s, job, "failed", reason, now)
+            _recheck_now(s, job.study_uid, now)
+            return job
+
+    def renew_leases(self, owner: str, now: float, lease_s: float) -> None:
+        with self.session() as s:
+            for table, state in ((JobRow, JobState.RUNNING), (DeliveryRow, DeliveryState.SENDING)):
+                s.execute(
+                    update(table)
+                    .where(table.lease_owner == owner, table.state == state.value)
+                    .values(lease_expires_at=now + lease_s)
+                )
+
+    def reclaim(self, now: float, is_dead: Callable[[str], bool]) -> tuple[list[int], list[int]]:
+        """Queue again the jobs and deliveries whose lease expired or whose owner died; return
+        their ids (jobs, deliveries)."""
+        with self.session() as s:
+            jobs = _reclaim(s, JobRow, JobState.RUNNING, JobState.QUEUED, now, is_dead)
+            deliveries = _reclaim(
+                s, DeliveryRow, DeliveryState.SENDING, DeliveryState.PENDING, now, is_dead
+            )
+        return jobs, deliveries
+
+    # -- deliveries -------------------------------------------------------------------------------
+
+    def create_deliveries(self, job_id: int, destinations: Sequence[str]) -> list[int]:
+        with self.session() as s:
+            ids = []
+            for dest in destinations:
+                row = DeliveryRow(
+                    job_id=job_id,
+                    destination=dest,
+                    state=DeliveryState.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=0.0,
+                    last_status="",
+                )
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+            return ids
+
+    def claim_delivery(
+        self, delivery_id: int, now: float, owner: str = "", lease_s: float = 3600.0
+    ) -> bool:
+        """Take a due, pending delivery for sending under a lease; False if not due, not
+        pending, or an older delivery to the same destination is unfinished."""
+        with self.session() as s:
+            d = s.get(DeliveryRow, delivery_id)
+            if d is None:
+                return False
+            older = (
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.destination == d.destination,
+                    or_(
+                        DeliveryRow.job_id < d.job_id,
+                        and_(DeliveryRow.job_id == d.job_id, DeliveryRow.id < d.id),
+                    ),
+                    DeliveryRow.state.in_(UNFINISHED_DELIVERY),
+                )
+                .exists()
+            )
+            res = s.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.id == delivery_id,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                    DeliveryRow.next_attempt_at <= now + 1.0,
+                    ~older,
+                )
+                .values(
+                    state=DeliveryState.SENDING.value,
+                    lease_owner=owner or None,
+                    lease_expires_at=now + lease_s,
+                )
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        with self.session() as s:
+            return s.get(DeliveryRow, delivery_id)
+
+    def deliveries_for(self, job_id: int) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow).where(DeliveryRow.job_id == job_id).order_by(DeliveryRow.id)
+                )
+            )
+
+    def due_deliveries(self, now: float) -> list[DeliveryRow]:
+        """Pending deliveries that are due, the head of each destination's line first."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow)
+                    .where(
+                        DeliveryRow.state == DeliveryState.PENDING.value,
+                        DeliveryRow.next_attempt_at <= now,
+                    )
+                    .order_by(DeliveryRow.job_id, DeliveryRow.id)
+                )
+            )
+
+    def retry_delivery(self, delivery_id: int, attempts: int, status: str, at: float) -> None:
+        """SENDING -> PENDING, due again at ``at``."""
+        with self.session() as s:
+            s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id)
+                .values(
+                    state=DeliveryState.PENDING.value,
+                    attempts=attempts,
+                    last_status=status,
+                    next_attempt_at=at,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempts: int,
+        status: str,
+        outcome: str,
+        now: float,
+    ) -> int | None:
+        """A delivery is over (delivered, parked or rejected): update it, audit it, settle its
+        job (and audit that), in one transaction. Return the next pending delivery to the same
+        destination, if any."""
+        with self.session() as s:
+            d = s.get(DeliveryRow, delivery_id)
+            assert d is not None
+            d.state = state.value
+            d.attempts = attempts
+            d.last_status = status
+            d.lease_owner = None
+            d.lease_expires_at = None
+            if state is DeliveryState.DELIVERED:
+                d.delivered_at = now
+            job = s.get(JobRow, d.job_id)
+            assert job is not None
+            _audit(
+                s,
+                "delivery",
+                outcome,
+                now,
+                job_id=d.job_id,
+                study_uid=job.study_uid,
+                destination=d.destination,
+                instances=1,
+                detail=f"RTSTRUCT {job.rtstruct_uid or '?'} after {attempts} attempt(s): {status}",
+            )
+            s.flush()
+            _settle(s, job, now)
+            return s.scalar(
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.destination == d.destination,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                )
+                .order_by(DeliveryRow.job_id, DeliveryRow.id)
+                .limit(1)
+            )
+
+    def settle_job(self, job_id: int, now: float) -> None:
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is not None:
+                _settle(s, job, now)
+
+    def update_delivery(self, delivery_id: int, **fields: Any) -> DeliveryRow:
+        with self.session() as s:
+            row = s.get(DeliveryRow, delivery_id)
+            if row is None:
+                raise KeyError(delivery_id)
+            for k, v in fields.items():
+                setattr(row, k, v.value if isinstance(v, enum.Enum) else v)
+            s.flush()
+            return row
+
+
+def _reclaim(
+    s: Session,
+    table: Any,
+    busy: enum.Enum,
+    back: enum.Enum,
+    now: float,
+    is_dead: Callable[[str], bool],
+) -> list[int]:
+    taken = []
+    rows = s.execute(
+        select(table.id, table.lease_owner, table.lease_expires_at).where(table.state == busy.value)
+    ).all()
+    for row_id, owner, expires in rows:
+        if owner and expires is not None and expires >= now and not is_dead(owner):
+            continue
+        same_owner = table.lease_owner == owner if owner else table.lease_owner.is_(None)
+        res = s.execute(
+            update(table)
+            .where(table.id == row_id, table.state == busy.value, same_owner)
+            .values(state=back.value, lease_owner=None, lease_expires_at=None)
+        )
+        if res.rowcount:  # type: ignore[attr-defined]
+            taken.append(row_id)
+    return taken
+
+
+_RUN_STAGES = ("started", "volume", "segment", "rtstruct", "delivered", "failed")
+
+
+def _apply(
+    job: JobRow,
+    state: JobState | None,
+    reason: str | None,
+    stage: str | None,
+    now: float | None,
+    fields: dict[str, Any],
+) -> None:
+    import time
+
+    if state is not None:
+        job.state = state.value
+    if reason is not None:
+        job.reason = reason
+    if stage is not None:
+        job.stages = {**job.stages, stage: time.time() if now is None else now}
+    for k, v in fields.items():
+        setattr(job, k, v)
+
+
+def _recheck_now(s: Session, study_uid: str, now: float) -> None:
+    s.execute(
+        update(StudyRow)
+        .where(
+            StudyRow.study_uid == study_uid,
+            or_(StudyRow.recheck_at.is_(None), StudyRow.recheck_at > now),
+        )
+        .values(recheck_at=now)
+    )
+
+
+def _settle(s: Session, job: JobRow, now: float) -> None:
+    """Settle a delivering job whose deliveries are all over: done, or failed with why."""
+    if job.state != JobState.DELIVERING.value:
+        return
+    deliveries = list(s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job.id)))
+    states = {d.state for d in deliveries}
+    if states & set(UNFINISHED_DELIVERY):
+        return
+    if states == {DeliveryState.DELIVERED.value}:
+        partial = job.job_outcome.partial
+        _apply(job, JobState.DONE, partial, "delivered", now, {})
+        _audit_job(s, job, "done", partial, now)
+    else:
+        failed = [
+            f"{d.destination}: {d.last_status}"
+            for d in deliveries
+            if d.state == DeliveryState.FAILED.value
+        ]
+        reason = "delivery failed: " + "; ".join(failed)
+        _apply(job, JobState.FAILED, reason, "failed", now, {})
+        _audit_job(s, job, "failed", reason, now)
+    _recheck_now(s, job.study_uid, now)
+
+
+def _audit_job(s: Session, job: JobRow, outcome: str, detail: str, now: float) -> None:
+    ran = job.job_outcome.ran
+    _audit(
+        s,
+        "job",
+        outcome,
+        now,
+        study_uid=job.study_uid,
+        job_id=job.id,
+        instances=0,
+        series_uid=",".join(job.input_series)[:64],
+        model=", ".join(p.label for p in ran) or ", ".join(job.models),
+        detail=f"rule {job.rule}" + (f": {detail}" if detail else ""),
+    )
+
+
+def _audit(s: Session, event: str, outcome: str, now: float, **fields: Any) -> None:
+    from gateway.db.tables import AuditRow
+
+    row = AuditRow(at=now, event=event, outcome=outcome)
+    for key, value in fields.items():
+        setattr(row, key, value if value is not None or key == "job_id" else "")
+    s.add(row)
+
+
+def timings(job: JobRow) -> dict[str, float]:
+    """Seconds per stage of a job (see :func:`gateway.job.stage_timings`)."""
+    return stage_timings(dict(job.stages), job.job_outcome)

@@ -1,0 +1,120 @@
+"""The scheduler: each gateway process's one loop over the database.
+
+Every ``queue.poll_s`` it
+
+* runs the study checks that are due (``studies.recheck_at``: the one readiness timer, fed by
+  reception events and by assembly's own "look again at" times), each claimed first so that
+  one process runs it;
+* renews the leases of the jobs and deliveries this process is working on;
+* queues again the jobs and deliveries whose lease expired or whose owner died (another
+  process, or this one before a restart), and hands this process's queue the work that is
+  queued or due in the database but that nobody picked up (e.g. queued by another process).
+
+The task queue stays the fast path; this loop is what makes the database, not the queue, the
+truth: nothing that is in the database as to-do can be lost with a queue or a process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from gateway.db.database import Store
+from gateway.db.records import JobState
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+
+
+def new_owner() -> str:
+    """This process's identity in leases: host, pid and a random part (pids are reused)."""
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether a lease owner is a process of this host that no longer runs. Owners on other
+    hosts are judged by their lease's expiry only."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        check_study: Callable[[str], None],
+        dispatch: object,
+        owner: str,
+        *,
+        poll_s: float,
+        lease_s: float,
+        pickup_after_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.check_study = check_study
+        self.dispatch = dispatch
+        self.owner = owner
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.pickup_after_s = pickup_after_s
+        self.clock = clock
+        self._renewed = 0.0
+        self._handed: dict[tuple[str, int], float] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.poll_s):
+            try:
+                self.tick()
+            except Exception:  # the loop must survive a locked or briefly unavailable database
+                log.exception("scheduler pass failed; trying again")
+
+    def tick(self) -> None:
+        now = self.clock()
+        for study_uid, seen in self.store.due_checks(now):
+            if self.store.claim_recheck(study_uid, seen):
+                try:
+                    self.check_study(study_uid)
+                except Exception:
+                    log.exception("study %s: check failed; trying again shortly", study_uid)
+                    self.store.schedule_check(study_uid, now + max(1.0, self.poll_s))
+        if now - self._renewed >= self.lease_s / 3:
+            self.store.renew_leases(self.owner, now, self.lease_s)
+            self._renewed = now
+        jobs, deliveries = self.store.reclaim(now, owner_is_dead)
+        for job_id in jobs:
+            log.warning("job %d: its process stopped; running it again", job_id)
+        self._pick_up(now)
+
+    def _pick_up(self, now: float) -> None:
+        """Hand this process's queue what is queued or due but unclaimed for a while."""
+        for job in self.store.jobs_in(JobState.QUEUED):
+            if self._hand(("job", job.id), now):
+                self.dispatch.run_job(job.id)  # type: ignore[attr-defined]
+        for d in self.store.due_deliveries(now - self.pickup_after_s):
+            if self._hand(("delivery", d.id), now):
+                self.dispatch.deliver(d.id)  # type: ignore[attr-defined]
+
+    def _hand(self, key: tuple[str, int], now: float) -> bool:
+        first_seen = self._handed.setdefault(key, now)
+        if now - first_seen < self.pickup_after_s:
+            return False
+        self._handed[key] = now  # hand it again only after another pickup_after_s
+        if len(self._handed) > 10000:
+            self._handed = {k: t for k, t in self._handed.items() if now - t < 60}
+        return True
