@@ -72,7 +72,7 @@ def main() -> int:
                     f"{label}: ack->RTSTRUCT {total:.2f} s, "
                     f"quiet {cfg.assembly.series_quiet_s:.1f} s, "
                     f"model {model_s:.2f} s (read+resample {volume_s:.2f} s, merge+RTSTRUCT "
-                    f"{job.results.get('merge_s', 0):.2f} s), overhead {overhead:.2f} s"
+                    f"{job.job_outcome.merge_s:.2f} s), overhead {overhead:.2f} s"
                 )
                 if r:
                     results.append(overhead)

@@ -212,7 +212,7 @@ class GatewayProcess:
         )
 
     def jobs(self) -> list[dict[str, Any]]:
-        from gateway.pipeline import describe
+        from gateway.monitor import describe
 
         st = self.store()
         return describe(st, st.list_jobs())
