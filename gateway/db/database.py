@@ -18,12 +18,12 @@ from sqlalchemy import (
     event,
     func,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.db import migrate
 from gateway.db.records import (
     DeliveryState,
     InstanceRecord,
@@ -36,7 +36,6 @@ from gateway.db.records import (
 from gateway.db.tables import (
     AUDIT_COLUMNS,
     AuditRow,
-    Base,
     DeliveryRow,
     InstanceRow,
     JobRow,
@@ -70,28 +69,8 @@ class Store(WorkQueries):
         self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        migrate.upgrade(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-
-    def _add_missing_columns(self) -> None:
-        """Bring a database made by an earlier version up to date: add the columns it lacks
-        (all nullable or with a default). New tables were made by ``create_all``."""
-        from sqlalchemy import inspect
-
-        inspector = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in Base.metadata.sorted_tables:
-                have = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    ddl = column.type.compile(dialect=self.engine.dialect)
-                    default = getattr(column.default, "arg", None)
-                    suffix = f" DEFAULT {default!r}" if isinstance(default, int | float) else ""
-                    conn.execute(
-                        text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}{suffix}")
-                    )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -417,10 +396,11 @@ def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[s
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # First, so that switching to WAL, which needs a lock, waits for a concurrent start too.
+    cur.execute(f"PRAGMA busy_timeout={migrate.SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA journal_mode=WAL")
     # NORMAL: a commit survives a process crash; on power loss the last rows may roll back, and
     # Receiver.recover_spool() re-records them from the spool, which is fsynced per instance.
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

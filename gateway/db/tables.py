@@ -63,7 +63,7 @@ class JobRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     rule: Mapped[str] = mapped_column(String(64))
-    models: Mapped[list[str]] = mapped_column(JSON, default=list)  # the rule's models, in order
+    models: Mapped[list[str]] = mapped_column(JSON, nullable=True, default=list)  # in rule order
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     input_series: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -71,8 +71,8 @@ class JobRow(Base):
     rtstruct_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     stages: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # gateway.job.JobPlan
-    outcome: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # gateway.job.JobOutcome
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=True, default=dict)  # JobPlan
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=True, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # runs claimed
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -118,22 +118,3 @@ def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path
     with pytest.raises(OutOfResources, match="disk guard"):
         guarded.accept(ds, data, "STORESCU", "AIRCON")
     assert not spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).exists()
-
-
-def test_a_database_from_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
-    import sqlite3
-
-    db = tmp_path / "old.db"
-    con = sqlite3.connect(db)
-    con.execute(
-        "CREATE TABLE studies (study_uid VARCHAR(64) PRIMARY KEY, calling_ae VARCHAR(16), "
-        "called_ae VARCHAR(16), first_received_at FLOAT, last_received_at FLOAT)"
-    )
-    con.execute("INSERT INTO studies VALUES ('1.2.3', 'SCANNER', 'AIRCON', 1.0, 2.0)")
-    con.commit()
-    con.close()
-    store = Store(f"sqlite:///{db}")
-    study = store.study("1.2.3")
-    assert study is not None and study.interrupted_at is None
-    store.association_ended(["1.2.3"], clean=False, now=3.0)
-    assert store.study("1.2.3").interrupted_at == 3.0
