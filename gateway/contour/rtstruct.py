@@ -31,6 +31,7 @@ from rt_utils import ds_helper
 from skimage.measure import find_contours
 
 from gateway.config import RoiSpec, RtstructConfig
+from gateway.db.records import Provenance
 from gateway.errors import ModelError
 from gateway.imaging import Volume
 from gateway.uids import derive_uid
@@ -60,15 +61,6 @@ _OPTIONAL_FROM_SOURCE = (
     "DeidentificationMethodCodeSequence",
 )
 _SCAFFOLD_NEEDS = ("StudyDate", "StudyTime", "StudyID")
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced the label map: recorded in every RTSTRUCT."""
-
-    model_name: str
-    model_version: str
-    weights_sha256: str
 
 
 def gateway_version() -> str:
@@ -218,7 +210,7 @@ def _contributing_equipment(provenance: Provenance, cfg: RtstructConfig, when: s
     item.SoftwareVersions = [provenance.model_version, f"AIRCON {gateway_version()}"]
     item.ContributionDateTime = when
     item.ContributionDescription = (
-        f"Automatic segmentation by {provenance.model_name} {provenance.model_version}, "
+        f"Automatic segmentation by {provenance.label}, "
         f"weights SHA-256 {provenance.weights_sha256 or 'unknown'}"
     )[:1024]
     return item
@@ -232,7 +224,7 @@ def _roi_items(
     roi.ReferencedFrameOfReferenceUID = frame_uid
     roi.ROIName = spec.name
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
-    roi.ROIGenerationDescription = f"{provenance.model_name} {provenance.model_version}"[:64]
+    roi.ROIGenerationDescription = provenance.label[:64]
     observation = Dataset()
     observation.ObservationNumber = number
     observation.ReferencedROINumber = number

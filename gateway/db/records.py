@@ -83,3 +83,17 @@ class StudyInfo:
     series: tuple[SeriesInfo, ...]
     # Set when the association that sent it last was cut off and none has been released since.
     interrupted_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a label map: one model's name, version and weights hash, recorded in every
+    RTSTRUCT made from it."""
+
+    model_name: str
+    model_version: str
+    weights_sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} {self.model_version}"

@@ -10,8 +10,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.config import Condition, InputChannel, Range, RuleConfig, SeriesSelector
+from gateway.config import RuleConfig
 from gateway.db.records import SeriesInfo, StudyInfo
+from gateway.segment.spec import Condition, InputChannel, Range, SeriesSelector
 
 
 def _as_text(value: Any) -> str:

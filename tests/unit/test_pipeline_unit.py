@@ -98,7 +98,7 @@ def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
         "kind": "nnunet",
         "version": "1",
         "nnunet": {"folder": "nnunet"},
-        "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
+        "inputs": [{"name": "T2", "select": {"Modality": "^MR$"}}],
         "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
     }
     return GatewayConfig.model_validate(
@@ -110,8 +110,8 @@ def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
             "rules": [
                 {
                     "name": "mr",
-                    "match": {"series": {"keywords": {"Modality": "^MR$"}}},
-                    "model": "pelvis",
+                    "match": {"series": {"Modality": "^MR$"}},
+                    "models": ["pelvis"],
                     "destinations": ["planning"],
                 }
             ],

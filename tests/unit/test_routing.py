@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import InputChannel, RuleConfig, SeriesSelector
+from gateway.config import RuleConfig
 from gateway.db.records import SeriesInfo, StudyInfo
+from gateway.segment.spec import InputChannel, SeriesSelector
 from gateway.study.routing import route, select_series, series_matches
 
 
@@ -19,7 +20,7 @@ def study(*members: SeriesInfo, calling: str = "SCANNER", called: str = "AIRCON"
 
 def rule(name: str, **match: Any) -> RuleConfig:
     return RuleConfig.model_validate(
-        {"name": name, "model": "m", "destinations": ["d"], "match": match}
+        {"name": name, "models": ["m"], "destinations": ["d"], "match": match}
     )
 
 
@@ -42,9 +43,9 @@ CT = series("1.3", Modality="CT", SeriesDescription="Pelvis 3mm", SeriesNumber=2
 
 def test_first_matching_rule_wins_in_config_order() -> None:
     rules = [
-        rule("ct-only", series={"keywords": {"Modality": "^CT$"}}),
-        rule("any-mr", series={"keywords": {"Modality": "^MR$"}}),
-        rule("t2-mr", series={"keywords": {"SeriesDescription": "t2"}}),
+        rule("ct-only", series={"Modality": "^CT$"}),
+        rule("any-mr", series={"Modality": "^MR$"}),
+        rule("t2-mr", series={"SeriesDescription": "t2"}),
         rule("catch-all"),
     ]
     chosen = route(rules, study(T2, ADC))
@@ -72,23 +73,23 @@ def test_calling_and_called_ae_regexes_must_match_the_whole_title() -> None:
 
 
 def test_all_conditions_of_a_rule_must_hold() -> None:
-    r = rule("mr-from-scanner", calling_ae="SCANNER", series={"keywords": {"Modality": "^MR$"}})
+    r = rule("mr-from-scanner", calling_ae="SCANNER", series={"Modality": "^MR$"})
     assert route([r], study(T2, calling="SCANNER")) is r
     assert route([r], study(T2, calling="PACS")) is None
     assert route([r], study(CT, calling="SCANNER")) is None
 
 
 def test_series_description_regex_is_searched_not_anchored() -> None:
-    sel = SeriesSelector(keywords={"SeriesDescription": "(?i)T2.*TRA"})
+    sel = SeriesSelector.model_validate({"SeriesDescription": "(?i)T2.*TRA"})
     assert series_matches(sel, T2.attributes)
     assert not series_matches(sel, ADC.attributes)
-    anchored = SeriesSelector(keywords={"SeriesDescription": "^tra"})
+    anchored = SeriesSelector.model_validate({"SeriesDescription": "^tra"})
     assert not series_matches(anchored, T2.attributes)
 
 
 def test_multivalued_image_type_is_joined_with_backslash() -> None:
-    original = SeriesSelector(keywords={"ImageType": r"^ORIGINAL\\PRIMARY"})
-    adc = SeriesSelector(keywords={"ImageType": r"\\ADC$"})
+    original = SeriesSelector.model_validate({"ImageType": r"^ORIGINAL\\PRIMARY"})
+    adc = SeriesSelector.model_validate({"ImageType": r"\\ADC$"})
     assert series_matches(original, T2.attributes)
     assert not series_matches(original, ADC.attributes)
     assert series_matches(adc, ADC.attributes)
@@ -96,20 +97,22 @@ def test_multivalued_image_type_is_joined_with_backslash() -> None:
 
 
 def test_missing_attribute_never_matches_even_a_permissive_pattern() -> None:
-    sel = SeriesSelector(keywords={"BodyPartExamined": ".*"})
+    sel = SeriesSelector.model_validate({"BodyPartExamined": ".*"})
     assert not series_matches(sel, T2.attributes)
     assert series_matches(SeriesSelector(), T2.attributes)  # no condition: any series
 
 
 def test_integer_valued_numbers_match_as_integers() -> None:
-    sel = SeriesSelector(keywords={"SeriesNumber": "^4$"})
+    sel = SeriesSelector.model_validate({"SeriesNumber": "^4$"})
     assert series_matches(sel, {"SeriesNumber": 4})
     assert series_matches(sel, {"SeriesNumber": 4.0})
     assert not series_matches(sel, {"SeriesNumber": 41})
 
 
 def channel(pattern: str) -> InputChannel:
-    return InputChannel(name="T2", select=SeriesSelector(keywords={"SeriesDescription": pattern}))
+    return InputChannel(
+        name="T2", select=SeriesSelector.model_validate({"SeriesDescription": pattern})
+    )
 
 
 def test_select_series_prefers_the_highest_series_number() -> None:
