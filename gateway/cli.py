@@ -181,10 +181,16 @@ def cmd_studies(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'Study Instance UID':<64}  series  instances  last received")
+    # Why a study was not processed (e.g. no rule matches), where the store recorded it.
+    reasons = any(r.get("reason", "") for r in rows)
+    print(
+        f"{'Study Instance UID':<64}  series  instances  last received"
+        + ("        reason" if reasons else "")
+    )
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_received_at"]))
-        print(f"{r['study_uid']:<64}  {r['series']:>6}  {r['instances']:>9}  {when}")
+        line = f"{r['study_uid']:<64}  {r['series']:>6}  {r['instances']:>9}  {when}"
+        print(f"{line}  {r.get('reason', '')}".rstrip() if reasons else line)
     return 0
 
 

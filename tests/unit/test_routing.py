@@ -7,7 +7,7 @@ from typing import Any
 from gateway.config import RuleConfig
 from gateway.db.records import SeriesInfo, StudyInfo
 from gateway.segment.spec import InputChannel, SeriesSelector
-from gateway.study.routing import route, select_series, series_matches
+from gateway.study.routing import explain, route, select_series, series_matches
 
 
 def series(uid: str, received: float = 100.0, **attributes: Any) -> SeriesInfo:
@@ -145,3 +145,62 @@ def test_select_series_without_series_number_loses_to_numbered() -> None:
 def test_select_series_returns_none_when_nothing_matches() -> None:
     assert select_series(channel("flair"), [T2, ADC, CT]) is None
     assert select_series(channel("t2"), []) is None
+
+
+# -- why a study was not routed ----------------------------------------------------------------
+
+
+def test_explain_names_each_rule_the_failed_condition_and_what_each_series_had() -> None:
+    rules = [
+        rule("prostate-mr", series={"Modality": "^MR$", "SeriesDescription": "(?i)t2"}),
+        rule("from-scanner", calling_ae="SCANNER[0-9]*"),
+    ]
+    ct2 = series("1.4", Modality="CT", SeriesDescription="Abdomen", SeriesNumber=3)
+    text = explain(rules, study(CT, ct2, calling="PACS"))
+    assert text == (
+        "rule prostate-mr: Modality '^MR$' not matched by any series "
+        "(series 2: 'CT', series 3: 'CT') and SeriesDescription '(?i)t2' not matched by any "
+        "series (series 2: 'Pelvis 3mm', series 3: 'Abdomen'); "
+        "rule from-scanner: calling AE 'PACS' not matched by 'SCANNER[0-9]*'"
+    )
+    assert route(rules, study(CT, ct2, calling="PACS")) is None
+
+
+def test_explain_when_conditions_are_met_only_by_different_series() -> None:
+    r = rule("t2-mr", series={"Modality": "^MR$", "SeriesDescription": "t2"})
+    ct_t2 = series("1.5", Modality="CT", SeriesDescription="t2 localiser")
+    text = explain([r], study(ADC, ct_t2))
+    assert text == (
+        "rule t2-mr: no single series meets all its series conditions "
+        "(series 7: SeriesDescription 'ep2d_diff_ADC' not 't2', "
+        "series #2: Modality 'CT' not '^MR$')"
+    )
+
+
+def test_explain_stops_at_the_rule_that_matches_and_shows_no_patient_data() -> None:
+    rules = [
+        rule("dixon", series={"ImageType": ["DIXON", "WATER"], "EchoTime": {"min": 80}}),
+        rule("any-mr", series={"Modality": "^MR$"}),
+        rule("never-reached", calling_ae="X"),
+    ]
+    t2 = series("1.1", Modality="MR", SeriesNumber=4, ImageType=["ORIGINAL"], PatientName="DOE^J")
+    text = explain(rules, study(t2))
+    assert text == (
+        "rule dixon: ImageType containing [DIXON, WATER] not matched by any series "
+        "(series 4: 'ORIGINAL') and EchoTime in [80, inf] not matched by any series "
+        "(series 4: absent); rule any-mr: matches"
+    )
+    assert "DOE" not in text
+
+
+def test_explain_is_capped_and_counts_the_series_it_does_not_list() -> None:
+    many = [series(f"1.{i}", Modality="CT", SeriesNumber=i) for i in range(1, 11)]
+    rules = [rule(f"rule-{i}", series={"Modality": "^MR$"}) for i in range(20)]
+    text = explain(rules, study(*many))
+    assert text.startswith(
+        "rule rule-0: Modality '^MR$' not matched by any series "
+        "(series 1: 'CT', series 2: 'CT', series 3: 'CT', series 4: 'CT', +6 more); rule rule-1:"
+    )
+    assert len(text) == 500 and text.endswith("...")
+    assert explain([], study(*many)) == "no routing rules configured"
+    assert explain(rules[:1], study()) == "rule rule-0: the study has no series"
