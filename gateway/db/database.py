@@ -346,7 +346,8 @@ class Store:
                 else None,
             )
 
-    def list_studies(self) -> list[dict[str, Any]]:
+    def list_studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Studies in order of arrival; with ``limit``, only the ``limit`` that arrived last."""
         counts = (
             select(
                 SeriesRow.study_uid,
@@ -360,7 +361,8 @@ class Store:
         query = (
             select(StudyRow, counts.c.series, counts.c.instances)
             .join(counts, counts.c.study_uid == StudyRow.study_uid, isouter=True)
-            .order_by(StudyRow.first_received_at)
+            .order_by(StudyRow.first_received_at.desc(), StudyRow.study_uid.desc())
+            .limit(limit)
         )
         with self.session() as s:
             return [
@@ -373,7 +375,7 @@ class Store:
                     "last_received_at": st.last_received_at,
                 }
                 for st, n_series, n_inst in s.execute(query)
-            ]
+            ][::-1]
 
     def studies_with_open_work(self) -> list[str]:
         """Studies that may still need a readiness check (used to recover after a restart): a
