@@ -25,12 +25,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from gateway.config import RtstructConfig, SegmentationConfig, load_model  # noqa: E402
+from gateway.config import RtstructConfig, SegmentationConfig  # noqa: E402
 from gateway.contour import rtstruct  # noqa: E402
 from gateway.contour.structures import clinic_roi  # noqa: E402
 from gateway.demo.phantom import make_study, write_study  # noqa: E402
 from gateway.imaging import read_series, resample_to  # noqa: E402
 from gateway.segment import Grid, make_segmenter  # noqa: E402
+from gateway.segment.registry import load_model  # noqa: E402
 
 PROSTATEX_T2 = REPO.parent / "shared" / "data" / "prostatex" / "ProstateX-0000" / "07-07-2011"
 PROSTATEX_T2 = PROSTATEX_T2 / "4.000000-t2tsetra-00702"

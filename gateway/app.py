@@ -145,3 +145,11 @@ class Gateway:
                 log.info("model %s warm", name)
             except Exception as exc:  # reported again, per job, when it is used
                 log.error("model %s failed to load: %s", name, exc)
+
+
+def resend(cfg: GatewayConfig, job_id: int) -> str:
+    """Queue a failed job, or its parked deliveries, again for the running gateway's workers.
+
+    Opens only the database and the queue (no spool, no listener): the CLI's ``resend`` runs
+    beside a serving gateway. Raises KeyError for an unknown job."""
+    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg))).resend(job_id)

@@ -184,14 +184,20 @@ def _store(cfg: GatewayConfig) -> Any:
 
 
 def cmd_studies(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    rows = _store(cfg).list_studies()
+    rows = _store(cfg).list_studies(limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'Study Instance UID':<64}  series  instances  last received")
+    # Why a study was not processed (e.g. no rule matches), where the store recorded it.
+    reasons = any(r.get("reason", "") for r in rows)
+    print(
+        f"{'Study Instance UID':<64}  series  instances  last received"
+        + ("        reason" if reasons else "")
+    )
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_received_at"]))
-        print(f"{r['study_uid']:<64}  {r['series']:>6}  {r['instances']:>9}  {when}")
+        line = f"{r['study_uid']:<64}  {r['series']:>6}  {r['instances']:>9}  {when}"
+        print(f"{line}  {r.get('reason', '')}".rstrip() if reasons else line)
     return 0
 
 
@@ -238,11 +244,10 @@ def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_resend(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
+    from gateway.app import resend
 
-    gw = Gateway(cfg)
     try:
-        print(gw.pipeline.resend(args.job))
+        print(resend(cfg, args.job))
     except KeyError:
         raise GatewayError(f"no job {args.job}") from None
     return 0
@@ -267,6 +272,13 @@ def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
 DEFAULT_CONFIG = "config.yaml"
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aircon", description="AIRCON DICOM auto-contouring gateway")
     p.add_argument(
@@ -289,10 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     for x in (e, s):
         x.add_argument("--calling-ae", default=None)
         x.add_argument("--timeout", type=float, default=30.0)
-    for name in ("studies", "jobs"):
+    for name, newest in (("studies", "most recently arrived studies"), ("jobs", "newest jobs")):
         x = sub.add_parser(name, help=f"list {name}")
         x.add_argument("--json", action="store_true")
-        x.add_argument("--limit", type=int, default=50)
+        x.add_argument(
+            "--limit",
+            type=_positive,
+            default=50,
+            metavar="N",
+            help=f"show only the N {newest} (default: %(default)s)",
+        )
     a = sub.add_parser(
         "audit", help="the audit trail: who sent what, which model ran, where it went"
     )

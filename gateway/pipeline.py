@@ -24,8 +24,8 @@ from gateway.db.records import TERMINAL, JobState, StudyInfo
 from gateway.deliver.delivery import Deliverer, Sender
 from gateway.errors import GatewayError, PermanentError
 from gateway.failpoints import CrashPoints
+from gateway.inference import ModelSlots, provenance, run_models
 from gateway.job import JobOutcome, JobPlan, ModelOutcome, ModelPlan, ModelState, RoiOutcome
-from gateway.segment.runner import ModelSlots, provenance, run_models
 from gateway.study import assembly, routing
 
 log = logging.getLogger(__name__)

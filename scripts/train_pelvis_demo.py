@@ -364,8 +364,9 @@ def export_model(
 
 def evaluate(out: Path, seeds: list[int], channels: tuple[str, ...]) -> dict[str, list[float]]:
     """Dice per ROI name over held-out phantoms, through the gateway's own segmenter."""
-    from gateway.config import SegmentationConfig, load_model
+    from gateway.config import SegmentationConfig
     from gateway.segment import NnUNetSegmenter
+    from gateway.segment.registry import load_model
 
     spec = load_model(out)
     segmenter = NnUNetSegmenter(spec, SegmentationConfig(device="cpu", threads=2))

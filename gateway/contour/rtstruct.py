@@ -210,7 +210,7 @@ def _contributing_equipment(provenance: Provenance, cfg: RtstructConfig, when: s
     item.SoftwareVersions = [provenance.model_version, f"AIRCON {gateway_version()}"]
     item.ContributionDateTime = when
     item.ContributionDescription = (
-        f"Automatic segmentation by {provenance.model_name} {provenance.model_version}, "
+        f"Automatic segmentation by {provenance.label}, "
         f"weights SHA-256 {provenance.weights_sha256 or 'unknown'}"
     )[:1024]
     return item
@@ -224,7 +224,7 @@ def _roi_items(
     roi.ReferencedFrameOfReferenceUID = frame_uid
     roi.ROIName = spec.name
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
-    roi.ROIGenerationDescription = f"{provenance.model_name} {provenance.model_version}"[:64]
+    roi.ROIGenerationDescription = provenance.label[:64]
     observation = Dataset()
     observation.ObservationNumber = number
     observation.ReferencedROINumber = number

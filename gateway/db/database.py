@@ -267,7 +267,8 @@ class Store(WorkQueries):
                 open_associations=st.open_associations or 0,
             )
 
-    def list_studies(self) -> list[dict[str, Any]]:
+    def list_studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Studies in order of arrival; with ``limit``, only the ``limit`` that arrived last."""
         counts = (
             select(
                 SeriesRow.study_uid,
@@ -281,7 +282,8 @@ class Store(WorkQueries):
         query = (
             select(StudyRow, counts.c.series, counts.c.instances)
             .join(counts, counts.c.study_uid == StudyRow.study_uid, isouter=True)
-            .order_by(StudyRow.first_received_at)
+            .order_by(StudyRow.first_received_at.desc(), StudyRow.study_uid.desc())
+            .limit(limit)
         )
         with self.session() as s:
             return [
@@ -295,7 +297,7 @@ class Store(WorkQueries):
                     "reason": st.reason or "",
                 }
                 for st, n_series, n_inst in s.execute(query)
-            ]
+            ][::-1]
 
     def schedule_open_work(self, now: float) -> int:
         """After a start: check every study that may need it (a job waiting for inputs, or

@@ -14,10 +14,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from gateway.config import ModelSpec, SegmentationConfig
 from gateway.segment.base import Grid
 from gateway.segment.external import CommandSegmenter, PythonSegmenter
 from gateway.segment.nnunet import NnUNetSegmenter
+from gateway.segment.spec import ModelSpec, SegmentationConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import ModelSpec, SegmentationConfig
 from gateway.errors import ModelError
+from gateway.segment.spec import ModelSpec, SegmentationConfig
 
 
 @dataclass(frozen=True)

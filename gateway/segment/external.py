@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import ModelSpec, SegmentationConfig
 from gateway.errors import ModelError
 from gateway.segment.base import Grid, as_grid, check_output, resolve_device, stack_channels
+from gateway.segment.spec import ModelSpec, SegmentationConfig
 
 logger = logging.getLogger(__name__)
 

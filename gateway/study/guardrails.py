@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.config import Guardrails
 from gateway.db.records import SeriesInfo
+from gateway.segment.spec import Guardrails
 from gateway.study.geometry import slice_normal
 
 

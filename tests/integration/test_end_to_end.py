@@ -12,10 +12,10 @@ import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from gateway.config import load_model
 from gateway.contour.reader import dice, rasterize_rtstruct
 from gateway.demo.node import ReceivingNode
 from gateway.imaging import read_series, volume_cc
+from gateway.segment.registry import load_model
 from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule, wait_for
 
 pytestmark = pytest.mark.integration

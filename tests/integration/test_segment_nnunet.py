@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gateway.config import ModelSpec, SegmentationConfig, load_model
+from gateway.config import ModelSpec, SegmentationConfig
 from gateway.demo.phantom import dice_scores, make_phantom, write_dicom_series
 from gateway.segment import NnUNetSegmenter
+from gateway.segment.registry import load_model
 
 pytestmark = pytest.mark.integration
 

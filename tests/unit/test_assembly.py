@@ -72,10 +72,7 @@ def model(*channels: str) -> ModelSpec:
             "kind": "nnunet",
             "version": "1",
             "nnunet": {"folder": "nnunet"},
-            "inputs": [
-                {"name": c, "select": {"keywords": {"SeriesDescription": f"(?i){c}"}}}
-                for c in channels
-            ],
+            "inputs": [{"name": c, "select": {"SeriesDescription": f"(?i){c}"}} for c in channels],
             "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
         }
     )

@@ -20,7 +20,7 @@ MODEL_YAML = {
     "kind": "nnunet",
     "version": "0.1",
     "nnunet": {"folder": "nnunet", "folds": [0]},
-    "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
+    "inputs": [{"name": "T2", "select": {"Modality": "^MR$"}}],
     "labels": {1: {"name": "Bladder", "color": [255, 255, 0]}},
 }
 
@@ -129,7 +129,7 @@ def test_unknown_dicom_keyword_in_selector_is_rejected(tmp_path: Path) -> None:
         "rules": [
             {
                 "name": "r",
-                "model": "m",
+                "models": ["m"],
                 "destinations": ["d"],
                 "match": {"series": {"Modalty": "MR"}},
             }
@@ -140,6 +140,47 @@ def test_unknown_dicom_keyword_in_selector_is_rejected(tmp_path: Path) -> None:
     assert any(
         p == "rules[0].match.series" and "not a DICOM keyword" in r for p, r in info.value.problems
     )
+
+
+def test_pre_release_single_model_key_is_rejected(tmp_path: Path) -> None:
+    make_model(tmp_path / "models")
+    raw = {
+        "destinations": {"planning": {"ae_title": "TPS", "host": "127.0.0.1", "port": 104}},
+        "rules": [{"name": "r", "model": "pelvis-demo", "destinations": ["planning"]}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, tmp_path)
+    assert ("rules[0].model", "Extra inputs are not permitted") in info.value.problems
+    assert ("rules[0].models", "Field required") in info.value.problems
+
+
+def test_duplicate_rule_names_and_unknown_models_are_reported_by_path(tmp_path: Path) -> None:
+    make_model(tmp_path / "models")
+    rule = {"name": "r", "models": ["pelvis-demo"], "destinations": ["planning"]}
+    raw = {
+        "destinations": {"planning": {"ae_title": "TPS", "host": "127.0.0.1", "port": 104}},
+        "rules": [rule, {**rule, "models": ["pelvis-demo", "absent"]}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, tmp_path)
+    assert info.value.problems == [
+        ("rules[1].models[1]", "unknown model 'absent' (known: pelvis-demo)")
+    ]
+    raw["rules"] = [rule, rule]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, tmp_path)
+    assert info.value.problems == [("rules[1].name", "duplicate rule name 'r'")]
+
+
+def test_a_model_provenance_is_one_object_used_by_the_rtstruct(tmp_path: Path) -> None:
+    from gateway.contour import rtstruct
+    from gateway.job import Provenance
+
+    make_model(tmp_path / "models")
+    model = parse_config({}, tmp_path).models["pelvis-demo"]
+    assert model.provenance == Provenance("pelvis-demo", "0.1", model.weights_sha256)
+    assert model.provenance.label == "pelvis-demo 0.1"
+    assert rtstruct.Provenance is Provenance
 
 
 def test_unknown_top_level_key_is_rejected(tmp_path: Path) -> None:
@@ -176,10 +217,10 @@ def test_check_config_reports_each_invalid_key_in_one_run(repo_config: Path) -> 
     raw["ae_title"] = "A_VERY_LONG_AE_TITLE"  # 20 characters
     raw["listen"]["port"] = 70000
     raw["rules"] = [
-        {"name": "one", "model": "no-such-model", "destinations": ["planning"]},
+        {"name": "one", "models": ["no-such-model"], "destinations": ["planning"]},
         {
             "name": "two",
-            "model": "pelvis-demo",
+            "models": ["pelvis-demo"],
             "destinations": ["nowhere"],
             "match": {"calling_ae": "SCANNER("},
         },
@@ -201,7 +242,7 @@ def test_check_config_reports_each_invalid_key_in_one_run(repo_config: Path) -> 
     assert "65535" in line_for("listen.port")
     assert "does not compile" in line_for("rules[1].match.calling_ae")
     known = "(known: pelvis-demo, pelvis-dixon-demo, taps)"
-    assert f"unknown model 'no-such-model' {known}" in line_for("rules[0].model")
+    assert f"unknown model 'no-such-model' {known}" in line_for("rules[0].models[0]")
     assert "unknown destination 'nowhere'" in line_for("rules[1].destinations[0]")
     assert "(5 problem(s))" in lines[0]
 

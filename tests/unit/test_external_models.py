@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gateway.config import ConfigError, SegmentationConfig, load_model
+from gateway.config import ConfigError, SegmentationConfig
 from gateway.demo.phantom import make_phantom
 from gateway.errors import ModelError
 from gateway.segment import Grid, Segmenter, make_segmenter
+from gateway.segment.registry import load_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 CPU = SegmentationConfig(device="cpu", threads=1)

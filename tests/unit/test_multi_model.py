@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.config import ModelSpec, RoiSpec, RuleConfig, SeriesSelector
 from gateway.contour.structures import clinic_roi, plan_structures
@@ -75,9 +76,9 @@ def test_selector_conditions_regex_contains_and_range() -> None:
     assert series_matches(sel, {**WATER_ATTRS, "ImageType": "DERIVED\\PRIMARY\\DIXON\\WATER"})
 
 
-def test_old_keywords_form_is_read_as_the_flat_mapping() -> None:
-    old = SeriesSelector.model_validate({"keywords": {"Modality": "^MR$"}})
-    assert old == SeriesSelector.model_validate({"Modality": "^MR$"})
+def test_pre_release_keywords_form_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="not a DICOM keyword"):
+        SeriesSelector.model_validate({"keywords": {"Modality": "^MR$"}})
 
 
 def test_repeat_scan_latest_series_number_is_chosen() -> None:

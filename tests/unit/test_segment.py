@@ -21,7 +21,7 @@ def _spec(tmp_path: Path, name: str = "m", version: str = "1") -> ModelSpec:
             "kind": "nnunet",
             "version": version,
             "nnunet": {"folder": "nnunet", "folds": ["all"]},
-            "inputs": [{"name": "T2", "select": {"keywords": {"Modality": "^MR$"}}}],
+            "inputs": [{"name": "T2", "select": {"Modality": "^MR$"}}],
             "labels": {1: {"name": "Prostate", "color": [255, 0, 0]}},
             "path": tmp_path,
         }

@@ -82,7 +82,7 @@ def _typed_jobs(bind: Any) -> None:
         series = _load(input_series) or []
         ran = results.get("models") or {}
         plan_src = results.get("plan") or ({models[0]: series} if len(models) == 1 else {})
-        plan = {"models": {m: {"series": list(uids)} for m, uids in plan_src.items()}}
+        plan: dict[str, Any] = {"models": {m: {"series": list(u)} for m, u in plan_src.items()}}
         for m, o in ran.items():
             if isinstance(o, dict) and o.get("state") == "refused":
                 plan["models"][m] = {"refused": str(o.get("reason", ""))}

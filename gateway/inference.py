@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.config import ModelSpec
 from gateway.errors import PermanentError
 from gateway.failpoints import CrashPoints
 from gateway.imaging import Volume, channels_on, labels_onto
 from gateway.job import ModelOutcome, ModelState, Provenance
 from gateway.segment.base import Grid
+from gateway.segment.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ class ModelsRun:
 
 
 def provenance(model: ModelSpec) -> Provenance:
-    return Provenance(
-        model_name=model.name, model_version=model.version, weights_sha256=model.weights_sha256
-    )
+    return model.provenance
 
 
 def run_models(
