@@ -7,6 +7,8 @@ PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never p
 from __future__ import annotations
 
 import enum
+import functools
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from gateway.db.records import (
     StudyInfo,
     StudyTimes,
 )
+from gateway.errors import UidConflict
 
 
 class Base(DeclarativeBase):
@@ -63,6 +66,9 @@ class SeriesRow(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     first_received_at: Mapped[float] = mapped_column(Float)
     last_received_at: Mapped[float] = mapped_column(Float)
+    # Salted hash of PatientID + IssuerOfPatientID of the series' first instance (never the
+    # clear value): lets assembly refuse to combine series of different patients.
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class InstanceRow(Base):
@@ -122,6 +128,14 @@ class AuditRow(Base):
     model: Mapped[str] = mapped_column(String(255), default="")  # "name version, ..."
     destination: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class SettingRow(Base):
+    """Per-installation values made once and kept with the data (e.g. the patient-key salt)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 AUDIT_COLUMNS = (
@@ -206,9 +220,16 @@ class Store:
     def record_instance(
         self, rec: InstanceRecord, calling_ae: str, called_ae: str, now: float | None = None
     ) -> None:
-        """Record (or re-record, on a resend) one received instance and touch its series/study."""
+        """Record (or re-record, on a resend) one received instance and touch its series/study.
+
+        Raises :class:`UidConflict`, recording nothing, when the instance's SOP Instance UID is
+        recorded in another series or study or its Series Instance UID in another study: another
+        study's rows are never rewritten or joined.
+        """
         now = time.time() if now is None else now
         with self.session() as s:
+            # The study upsert comes first: on SQLite it takes the write lock, so the check at
+            # the end reads rows no other writer can change before this transaction commits.
             ins = self._insert(StudyRow).values(
                 study_uid=rec.study_uid,
                 calling_ae=calling_ae,
@@ -229,10 +250,18 @@ class Store:
                 attributes=rec.series_attributes,
                 first_received_at=now,
                 last_received_at=now,
+                patient_key=rec.patient_key or None,
             )
             s.execute(
                 ins.on_conflict_do_update(
-                    index_elements=["series_uid"], set_={"last_received_at": now}
+                    index_elements=["series_uid"],
+                    set_={
+                        "last_received_at": now,
+                        "patient_key": func.coalesce(
+                            SeriesRow.patient_key, rec.patient_key or None
+                        ),
+                    },
+                    where=SeriesRow.study_uid == rec.study_uid,
                 )
             )
             ins = self._insert(InstanceRow).values(
@@ -253,8 +282,28 @@ class Store:
                         "geometry": rec.geometry,
                         "size": rec.size,
                     },
+                    where=InstanceRow.series_uid == rec.series_uid,
                 )
             )
+            conflict = _uid_conflict(s, rec)
+            if conflict is not None:
+                raise conflict  # rolls back this transaction: nothing of it is recorded
+
+    def uid_conflict(self, rec: InstanceRecord) -> UidConflict | None:
+        """The conflict recording ``rec`` would meet (see :meth:`record_instance`), else None."""
+        with self.session() as s:
+            return _uid_conflict(s, rec)
+
+    @functools.cached_property
+    def patient_salt(self) -> str:
+        """This installation's salt for patient keys: made once, kept in the database."""
+        with self.session() as s:
+            s.execute(
+                self._insert(SettingRow)
+                .values(key="patient_salt", value=secrets.token_hex(32))
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            return str(s.scalar(select(SettingRow.value).where(SettingRow.key == "patient_salt")))
 
     def study_usage(self, study_uid: str) -> tuple[int, int]:
         """(instances, bytes) received so far for a study."""
@@ -331,6 +380,7 @@ class Store:
                         last_received_at=se.last_received_at,
                         slices=tuple(_slice(i.sop_instance_uid, i.geometry) for i in inst),
                         paths={i.sop_instance_uid: i.path for i in inst},
+                        patient_key=se.patient_key or "",
                     )
                 )
             return StudyInfo(
@@ -620,6 +670,28 @@ class Store:
             s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
             s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
             return paths
+
+
+def _uid_conflict(s: Session, rec: InstanceRecord) -> UidConflict | None:
+    owner = s.scalar(select(SeriesRow.study_uid).where(SeriesRow.series_uid == rec.series_uid))
+    if owner is not None and owner != rec.study_uid:
+        return UidConflict(
+            "Series Instance UID already belongs to another study",
+            f"series {rec.series_uid} of study {rec.study_uid} is recorded in study {owner}",
+        )
+    held = s.execute(
+        select(InstanceRow.series_uid, SeriesRow.study_uid)
+        .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
+        .where(InstanceRow.sop_instance_uid == rec.sop_instance_uid)
+    ).first()
+    if held is None or held.series_uid == rec.series_uid:
+        return None
+    where = "study" if held.study_uid != rec.study_uid else "series"
+    return UidConflict(
+        f"SOP Instance UID already stored in another {where}",
+        f"instance {rec.sop_instance_uid} of study {rec.study_uid}, series {rec.series_uid} is "
+        f"recorded in study {held.study_uid}, series {held.series_uid}",
+    )
 
 
 def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[str]:

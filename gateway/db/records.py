@@ -55,6 +55,8 @@ class InstanceRecord:
     series_attributes: dict[str, Any]
     geometry: dict[str, Any]
     size: int = 0
+    # Salted hash of PatientID + IssuerOfPatientID ("" when not known): never the clear value.
+    patient_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class SeriesInfo:
     last_received_at: float
     slices: tuple[SliceGeometry, ...] = field(default=())
     paths: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> spool path
+    patient_key: str = ""  # as InstanceRecord's, of the series' first instance; "" not known
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,28 @@ def test_a_database_from_an_earlier_version_gets_the_new_columns(tmp_path: Path)
     assert study is not None and study.interrupted_at is None
     store.association_ended(["1.2.3"], clean=False, now=3.0)
     assert store.study("1.2.3").interrupted_at == 3.0
+
+
+def test_series_record_a_salted_patient_key_never_the_patient_id(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    rx = Receiver(Spool(tmp_path / "spool"), Store(f"sqlite:///{db}"), lambda uid: None)
+    rx.storage = StorageConfig(min_free_mb=0)
+    ds, _ = _instance()
+    sent = []
+    for patient_id, issuer in (("PID-4711", "HOSP-A"), ("PID-4711", "HOSP-A"), ("PID-4711", "")):
+        ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientID, ds.IssuerOfPatientID = patient_id, issuer
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        sent.append(rx.accept(ds, buf.getvalue(), "STORESCU", "AIRCON").series_uid)
+    study = rx.store.study(ds.StudyInstanceUID)
+    assert study is not None
+    keys = {s.series_uid: s.patient_key for s in study.series}
+    assert len(keys[sent[0]]) == 64
+    assert keys[sent[0]] == keys[sent[1]] != keys[sent[2]]  # the issuer is part of the identity
+    assert b"PID-4711" not in b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
+
+    # One salt per installation: kept across restarts, another installation has its own.
+    assert Store(f"sqlite:///{db}").patient_salt == rx.store.patient_salt
+    assert Store(f"sqlite:///{tmp_path / 'other.sqlite'}").patient_salt != rx.store.patient_salt
