@@ -161,16 +161,20 @@ def contour_items(mask: np.ndarray, datasets: Sequence[Dataset]) -> list[Dataset
 
 
 def _scaffold(datasets: Sequence[Dataset]) -> Dataset:
-    """rt-utils' structure set (patient, study, referenced frame of reference and series)."""
+    """rt-utils' structure set modules (patient, study, referenced frame of reference and
+    series). Not its ``create_rtstruct_dataset``: that starts from a FileDataset with
+    ``is_little_endian`` / ``is_implicit_VR`` set, deprecated in pydicom 3 (gone in 4), and every
+    attribute of that base is set by :func:`build_structure_set` anyway."""
     first = Dataset()
     first.update(datasets[0])
     for keyword in _SCAFFOLD_NEEDS:
         if keyword not in first:
             setattr(first, keyword, "")
-    made = ds_helper.create_rtstruct_dataset([first, *datasets[1:]])
+    series = [first, *datasets[1:]]
     out = Dataset()
-    for element in made:
-        out.add(element)
+    ds_helper.add_study_and_series_information(out, series)
+    ds_helper.add_patient_information(out, series)
+    ds_helper.add_refd_frame_of_ref_sequence(out, series)
     return out
 
 
