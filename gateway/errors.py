@@ -11,6 +11,7 @@
     └── PermanentError                retrying cannot help: parked, visible, resendable by hand
         ├── InvalidInput              the received data cannot form a volume or is out of scope
         │   └── DatasetMismatch       a dataset does not match its SOP class (C-STORE 0xA900)
+        ├── UidConflict               a UID already recorded for another study or series (0xC211)
         ├── ModelError                the model could not be loaded or failed on this input
         └── DeliveryRejected          the peer rejected the object (0xA9xx, 0xCxxx, ...)
 
@@ -58,6 +59,19 @@ class InvalidInput(PermanentError):
 
 class DatasetMismatch(InvalidInput):
     """A received dataset does not match its SOP class (no pixel data, wrong length, ...)."""
+
+
+class UidConflict(PermanentError):
+    """A received instance reuses a UID recorded for another study: its SOP Instance UID is
+    stored in another study or series, or its Series Instance UID belongs to another study.
+    Recording it would make one study's rows point at another study's files (a wrong-patient
+    risk), so it is refused. ``reason`` is a fixed text, safe for the sender and the audit;
+    ``detail`` names the UIDs, for the log only."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} ({detail})" if detail else reason)
 
 
 class ModelError(PermanentError):

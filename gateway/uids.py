@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
-# PS3.5 9.1: components of digits separated by '.', no leading zero unless the component is "0",
-# at most 64 characters.
-_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+from pydicom.uid import RE_VALID_UID, generate_uid
 
 
 def is_valid_uid(value: object) -> bool:
-    """True when ``value`` is a str obeying the UID grammar (safe to use as a file name)."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_RE.fullmatch(value))
+    """True when ``value`` is a str obeying the UID grammar (PS3.5 9.1, pydicom's pattern) in at
+    most 64 characters: digits and dots only, so safe to use as a file name.
+
+    Not ``pydicom.uid.UID(value).is_valid``: ``UID()`` strips surrounding whitespace first, so
+    ``" 1.2"`` or ``"1.2\\n"`` would pass while the raw value is what reaches a path; and
+    ``fullmatch``, because the pattern's ``$`` also matches before a trailing newline.
+    """
+    return isinstance(value, str) and len(value) <= 64 and bool(re.fullmatch(RE_VALID_UID, value))
 
 
 def derive_uid(root: str, *parts: str) -> str:
-    """A UID under ``root`` that depends only on ``parts`` (same inputs -> same UID).
-
-    The suffix is the SHA-256 of the parts as a decimal integer, cut to fit 64 characters.
+    """A UID under ``root`` (ending with '.') that depends only on ``parts``: the same inputs give
+    the same UID in every run and process (pydicom's ``generate_uid`` with the parts as entropy:
+    SHA-512 as a decimal suffix, cut to 64 characters). Raises ValueError for an invalid root.
     """
-    if not root.endswith("."):
-        raise ValueError("UID root must end with '.'")
-    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
-    suffix = str(int.from_bytes(digest, "big"))
-    uid = (root + suffix)[:64]
-    # A component must not end up with a leading zero after cutting: the suffix starts with a
-    # non-zero digit (int() never yields leading zeros), so only the cut matters, never the start.
-    assert is_valid_uid(uid), uid
-    return uid
+    # generate_uid concatenates its sources: join them with a separator ourselves, so that
+    # ("ab", "c") and ("a", "bc") give different UIDs.
+    return str(generate_uid(root, entropy_srcs=["\x00".join(parts)]))

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from rt_utils import ds_helper
 from skimage.measure import find_contours
 
 from gateway.config import RoiSpec, RtstructConfig
+from gateway.durable import durable_write, make_dirs
 from gateway.errors import ModelError
 from gateway.imaging import Volume
 from gateway.job import Provenance
@@ -153,16 +153,20 @@ def contour_items(mask: np.ndarray, datasets: Sequence[Dataset]) -> list[Dataset
 
 
 def _scaffold(datasets: Sequence[Dataset]) -> Dataset:
-    """rt-utils' structure set (patient, study, referenced frame of reference and series)."""
+    """rt-utils' structure set modules (patient, study, referenced frame of reference and
+    series). Not its ``create_rtstruct_dataset``: that starts from a FileDataset with
+    ``is_little_endian`` / ``is_implicit_VR`` set, deprecated in pydicom 3 (gone in 4), and every
+    attribute of that base is set by :func:`build_structure_set` anyway."""
     first = Dataset()
     first.update(datasets[0])
     for keyword in _SCAFFOLD_NEEDS:
         if keyword not in first:
             setattr(first, keyword, "")
-    made = ds_helper.create_rtstruct_dataset([first, *datasets[1:]])
+    series = [first, *datasets[1:]]
     out = Dataset()
-    for element in made:
-        out.add(element)
+    ds_helper.add_study_and_series_information(out, series)
+    ds_helper.add_patient_information(out, series)
+    ds_helper.add_refd_frame_of_ref_sequence(out, series)
     return out
 
 
@@ -382,24 +386,12 @@ def _file_meta(sop_uid: str) -> FileMetaDataset:
 
 
 def write_dataset(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` as a DICOM file atomically (temporary file, fsync, rename).
+    """Write ``ds`` as a DICOM file (preamble, File Meta, dataset in its TransferSyntaxUID),
+    atomically and durably (:func:`gateway.durable.durable_write`).
 
     ``ds.file_meta`` must be set (as :func:`build_rtstruct` does).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    make_dirs(path.parent)
+    durable_write(path, buf.getvalue())

@@ -6,6 +6,8 @@ PostgreSQL can follow. Rows hold UIDs, geometry and series descriptions, never p
 
 from __future__ import annotations
 
+import functools
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,9 +42,11 @@ from gateway.db.tables import (
     InstanceRow,
     JobRow,
     SeriesRow,
+    SettingRow,
     StudyRow,
 )
 from gateway.db.work import WorkQueries
+from gateway.errors import UidConflict
 
 
 def _slice(sop_uid: str, g: dict[str, Any]) -> SliceGeometry:
@@ -98,10 +102,17 @@ class Store(WorkQueries):
     ) -> None:
         """Record (or re-record, on a resend) one received instance and touch its series/study.
         ``opens_association``: the first instance of this study in an association, which counts
-        as sending the study until :meth:`association_ended`."""
+        as sending the study until :meth:`association_ended`.
+
+        Raises :class:`UidConflict`, recording nothing, when the instance's SOP Instance UID is
+        recorded in another series or study or its Series Instance UID in another study: another
+        study's rows are never rewritten or joined.
+        """
         now = time.time() if now is None else now
         opened = 1 if opens_association else 0
         with self.session() as s:
+            # The study upsert comes first: on SQLite it takes the write lock, so the check at
+            # the end reads rows no other writer can change before this transaction commits.
             ins = self._insert(StudyRow).values(
                 study_uid=rec.study_uid,
                 calling_ae=calling_ae,
@@ -125,10 +136,18 @@ class Store(WorkQueries):
                 attributes=rec.series_attributes,
                 first_received_at=now,
                 last_received_at=now,
+                patient_key=rec.patient_key or None,
             )
             s.execute(
                 ins.on_conflict_do_update(
-                    index_elements=["series_uid"], set_={"last_received_at": now}
+                    index_elements=["series_uid"],
+                    set_={
+                        "last_received_at": now,
+                        "patient_key": func.coalesce(
+                            SeriesRow.patient_key, rec.patient_key or None
+                        ),
+                    },
+                    where=SeriesRow.study_uid == rec.study_uid,
                 )
             )
             ins = self._insert(InstanceRow).values(
@@ -149,8 +168,28 @@ class Store(WorkQueries):
                         "geometry": rec.geometry,
                         "size": rec.size,
                     },
+                    where=InstanceRow.series_uid == rec.series_uid,
                 )
             )
+            conflict = _uid_conflict(s, rec)
+            if conflict is not None:
+                raise conflict  # rolls back this transaction: nothing of it is recorded
+
+    def uid_conflict(self, rec: InstanceRecord) -> UidConflict | None:
+        """The conflict recording ``rec`` would meet (see :meth:`record_instance`), else None."""
+        with self.session() as s:
+            return _uid_conflict(s, rec)
+
+    @functools.cached_property
+    def patient_salt(self) -> str:
+        """This installation's salt for patient keys: made once, kept in the database."""
+        with self.session() as s:
+            s.execute(
+                self._insert(SettingRow)
+                .values(key="patient_salt", value=secrets.token_hex(32))
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            return str(s.scalar(select(SettingRow.value).where(SettingRow.key == "patient_salt")))
 
     def study_usage(self, study_uid: str) -> tuple[int, int]:
         """(instances, bytes) received so far for a study."""
@@ -251,6 +290,7 @@ class Store(WorkQueries):
                             min((i.received_at for i in inst), default=se.first_received_at),
                             max((i.received_at for i in inst), default=se.last_received_at),
                         ),
+                        patient_key=se.patient_key or "",
                     )
                 )
             return StudyInfo(
@@ -374,6 +414,28 @@ class Store(WorkQueries):
             s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
             s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
             return paths
+
+
+def _uid_conflict(s: Session, rec: InstanceRecord) -> UidConflict | None:
+    owner = s.scalar(select(SeriesRow.study_uid).where(SeriesRow.series_uid == rec.series_uid))
+    if owner is not None and owner != rec.study_uid:
+        return UidConflict(
+            "Series Instance UID already belongs to another study",
+            f"series {rec.series_uid} of study {rec.study_uid} is recorded in study {owner}",
+        )
+    held = s.execute(
+        select(InstanceRow.series_uid, SeriesRow.study_uid)
+        .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
+        .where(InstanceRow.sop_instance_uid == rec.sop_instance_uid)
+    ).first()
+    if held is None or held.series_uid == rec.series_uid:
+        return None
+    where = "study" if held.study_uid != rec.study_uid else "series"
+    return UidConflict(
+        f"SOP Instance UID already stored in another {where}",
+        f"instance {rec.sop_instance_uid} of study {rec.study_uid}, series {rec.series_uid} is "
+        f"recorded in study {held.study_uid}, series {held.series_uid}",
+    )
 
 
 def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[str]:

@@ -55,6 +55,8 @@ class InstanceRecord:
     series_attributes: dict[str, Any]
     geometry: dict[str, Any]
     size: int = 0
+    # Salted hash of PatientID + IssuerOfPatientID ("" when not known): never the clear value.
+    patient_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class SeriesInfo:
     paths: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> spool path
     # (first, last) arrival of the instances held now: a resend moves both.
     received: tuple[float, float] = (0.0, 0.0)
+    patient_key: str = ""  # as InstanceRecord's, of the series' first instance; "" not known
 
 
 @dataclass(frozen=True)

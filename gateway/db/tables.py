@@ -42,6 +42,9 @@ class SeriesRow(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     first_received_at: Mapped[float] = mapped_column(Float)
     last_received_at: Mapped[float] = mapped_column(Float)
+    # Salted hash of PatientID + IssuerOfPatientID of the series' first instance (never the
+    # clear value): lets assembly refuse to combine series of different patients.
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class InstanceRow(Base):
@@ -130,6 +133,14 @@ class AuditRow(Base):
     model: Mapped[str] = mapped_column(String(255), default="")  # "name version, ..."
     destination: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class SettingRow(Base):
+    """Per-installation values made once and kept with the data (e.g. the patient-key salt)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 AUDIT_COLUMNS = (

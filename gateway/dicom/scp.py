@@ -6,7 +6,8 @@ only over TLS where the peer requires it); others are rejected at association. A
 for ``limits.idle_timeout_s`` is aborted. The C-STORE handler writes the received bytes durably
 through the :class:`~gateway.receive.Receiver` and returns; it never waits for inference.
 
-C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xA900 dataset does
+C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xC211 a UID already
+recorded for another study or series (with an ErrorComment saying which); 0xA900 dataset does
 not match its SOP class; 0xA700 out of resources (disk guard, study limits, storage failure).
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     CTImageStorage,
@@ -45,7 +47,7 @@ from gateway.config import LimitsConfig, PeerConfig, ServerTls
 from gateway.db.records import InstanceRecord
 from gateway.dicom import status
 from gateway.dicom.tcp import set_nodelay
-from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
+from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
 from gateway.receive.receiver import Receiver
 
@@ -115,6 +117,14 @@ class _TlsAssociationServer(ThreadedAssociationServer):
             self.shutdown_request(request)
             return
         super().process_request_thread(tls, client_address)
+
+
+def _with_comment(code: int, comment: str) -> Dataset:
+    """A status with an ErrorComment (LO: at most 64 characters; never patient data)."""
+    rsp = Dataset()
+    rsp.Status = code
+    rsp.ErrorComment = comment[:64]
+    return rsp
 
 
 @dataclass
@@ -262,7 +272,7 @@ class StorageSCP:
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         assoc = event.assoc
         with self._lock:
             session = self._sessions.setdefault(
@@ -278,7 +288,9 @@ class StorageSCP:
             session.stored[key] = session.stored.get(key, 0) + 1
         return code
 
-    def _store(self, event: Any, session: _Session) -> tuple[int, str, InstanceRecord | None]:
+    def _store(
+        self, event: Any, session: _Session
+    ) -> tuple[int | Dataset, str, InstanceRecord | None]:
         """Decode, check and store one C-STORE request: (status, reason, record if stored)."""
         assoc = event.assoc
         try:
@@ -293,6 +305,9 @@ class StorageSCP:
                 transfer_syntax=str(event.context.transfer_syntax),
                 opens=lambda study: all(study != st for st, _ in session.stored),
             )
+        except UidConflict as exc:
+            log.warning("C-STORE refused (0xC211): %s", exc)
+            return _with_comment(status.UID_CONFLICT, exc.reason), exc.reason, None
         except DatasetMismatch as exc:
             log.warning("C-STORE refused (0xA900): %s", exc)
             return status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "dataset does not match SOP class", None

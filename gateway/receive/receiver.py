@@ -7,6 +7,8 @@ writes the bytes as received, records the instance, and returns. It never waits 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pydicom.multival import MultiValue
 from gateway.config import LimitsConfig, StorageConfig
 from gateway.db.database import Store
 from gateway.db.records import InstanceRecord
-from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources
+from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
 from gateway.receive.spool import Spool
 from gateway.uids import is_valid_uid
@@ -152,8 +154,16 @@ def check_dataset(ds: Dataset, sop_class_uid: str, transfer_syntax: str) -> None
         )
 
 
-def describe_instance(ds: Dataset, path: str = "") -> InstanceRecord:
-    """Pick the UIDs, series attributes and geometry of a received dataset.
+def patient_key(ds: Dataset, salt: str) -> str:
+    """A salted hash (HMAC-SHA-256, hex) of PatientID and IssuerOfPatientID: equal for the
+    same patient under one installation's salt, and never the clear value."""
+    who = "\x00".join(str(_get(ds, kw) or "") for kw in ("PatientID", "IssuerOfPatientID"))
+    return hmac.new(salt.encode(), who.encode(), hashlib.sha256).hexdigest()
+
+
+def describe_instance(ds: Dataset, path: str = "", *, salt: str = "") -> InstanceRecord:
+    """Pick the UIDs, series attributes and geometry of a received dataset, and its
+    :func:`patient_key` under ``salt`` (none without a salt).
 
     Raises InvalidInput when a required UID is missing or not a valid UID.
     """
@@ -171,6 +181,7 @@ def describe_instance(ds: Dataset, path: str = "") -> InstanceRecord:
         path=path,
         series_attributes={k: v for k in SERIES_KEYWORDS if (v := _get(ds, k)) is not None},
         geometry={k: v for k in GEOMETRY_KEYWORDS if (v := _get(ds, k)) is not None},
+        patient_key=patient_key(ds, salt) if salt else "",
     )
 
 
@@ -204,14 +215,20 @@ class Receiver:
     ) -> InstanceRecord:
         """Store one instance durably and record it; return its record.
 
-        Raises InvalidInput (unusable: 0xC210), DatasetMismatch (0xA900), OutOfResources (disk
-        guard or study limits: 0xA700) or OSError / SQLAlchemyError (also 0xA700).
+        Raises InvalidInput (unusable: 0xC210), DatasetMismatch (0xA900), UidConflict (a UID
+        recorded for another study or series: 0xC211), OutOfResources (disk guard or study
+        limits: 0xA700) or OSError / SQLAlchemyError (also 0xA700).
         ``opens(study_uid)`` says whether this is the association's first instance of the study
         (the study then counts as being sent until the association ends).
         """
         check_encoding(ds)
-        rec = describe_instance(ds)
+        rec = describe_instance(ds, salt=self.store.patient_salt)
         check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
+        # Checked before spooling too, so that a refused file never overwrites or joins another
+        # study's; record_instance checks again in its transaction (the guard).
+        conflict = self.store.uid_conflict(rec)
+        if conflict is not None:
+            raise conflict
         self._guard(rec, len(encoded))
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
         rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
@@ -256,11 +273,16 @@ class Receiver:
             if path.stem in known:
                 continue
             try:
-                rec = describe_instance(dcmread(path, stop_before_pixels=True), str(path))
+                ds = dcmread(path, stop_before_pixels=True)
+                rec = describe_instance(ds, str(path), salt=self.store.patient_salt)
             except Exception as exc:  # keep the file; report, do not crash the start-up
                 log.error("spool file %s could not be re-recorded: %s", path.name, exc)
                 continue
-            self.store.record_instance(rec, calling_ae="", called_ae="")
+            try:
+                self.store.record_instance(rec, calling_ae="", called_ae="")
+            except UidConflict as exc:  # another study holds its UIDs: never join it
+                log.error("spool file %s not re-recorded: %s", path.name, exc)
+                continue
             studies.add(rec.study_uid)
         if studies:
             log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))

@@ -1,30 +1,23 @@
 """The spool: received instances as durable files, ``<root>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.
 
 Every path component is a UID checked against the UID grammar, never a raw string from the
-network. A write is atomic and durable before it returns: temporary file, fsync, rename, fsync of
-the directory. Only then may the Storage SCP answer success.
+network. A write is atomic and durable before it returns (:func:`gateway.durable.durable_write`:
+temporary file, fdatasync, rename, fsync of the directory). Only then may the Storage SCP answer
+success.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from pathlib import Path
 
+from gateway.durable import durable_write, make_dirs
 from gateway.errors import InvalidInput
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -49,40 +42,14 @@ class Spool:
         """Write ``data`` durably and atomically; return the final path. Raises OSError."""
         path = self.path_for(study_uid, series_uid, sop_instance_uid)
         self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fdatasync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        durable_write(path, data)
         return path
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
         with self._lock:
-            created = []
-            d = directory
-            while not d.exists():
-                created.append(d)
-                d = d.parent
-            directory.mkdir(parents=True, exist_ok=True)
-            # Make the new directory entries themselves durable.
-            for c in reversed(created):
-                _fsync_dir(c.parent)
+            make_dirs(directory)
             self._known_dirs.add(directory)
 
     def free_mb(self) -> float:

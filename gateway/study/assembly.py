@@ -5,9 +5,10 @@ A model is ready when every input channel has a matching series, each such serie
 (no new instance) for ``series_quiet_s``, its slices form one consistent volume, all channels
 share the primary channel's frame of reference (no registration here), and the primary series is
 within the model's guardrails. A model that is not ready ``study_timeout_s`` after its job was
-opened fails with the reason; a model outside its guardrails or across frames of reference fails
-at once. A rule's job runs when no model is still waiting; the models that failed are recorded
-and the others run. Decisions depend only on the recorded instances and the clock passed in.
+opened fails with the reason; a model outside its guardrails, across frames of reference or whose
+input series belong to different patients (their recorded patient keys differ) fails at once.
+A rule's job runs when no model is still waiting; the models that failed are recorded and the
+others run. Decisions depend only on the recorded instances and the clock passed in.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def decide(
             return Failed(f"not ready after {cfg.study_timeout_s:g} s: {reason}")
         return Waiting(reason, min(w.recheck_at for w in waits))
 
+    # A series recorded before patient keys existed has none: it is not compared.
+    if len({s.patient_key for s in chosen if s.patient_key}) > 1:
+        return Failed(
+            "input series belong to different patients (PatientID/IssuerOfPatientID differ)"
+        )
     p = model.primary_index
     primary_frame = _frame(chosen[p])
     problems: list[str] = []

@@ -323,6 +323,7 @@ class _Corpus:
 
 CANNOT_UNDERSTAND = Expect(association="accepted", context="accepted", status="0xC210", echo=True)
 MISMATCH = Expect(association="accepted", context="accepted", status="0xA900", echo=True)
+UID_CONFLICT = Expect(association="accepted", context="accepted", status="0xC211", echo=True)
 CONTOURED = Expect(status="0x0000", job="done", rtstruct=True)
 
 
@@ -699,6 +700,52 @@ def _accepted_series_cases(c: _Corpus) -> None:
     )
 
 
+def _uid_reuse_cases(c: _Corpus) -> None:
+    """UIDs of one study reused by another: the second is refused, the first contoured from its
+    own files (recording the second under the first's rows would mix two patients)."""
+    name = "uid_reuse_original"
+    study_uid, files = c.write_series(name)
+    c.add(
+        Case(
+            name,
+            "a good T2 series whose SOP Instance and Series Instance UIDs the next two cases "
+            "reuse in other studies",
+            "c-store",
+            CONTOURED,
+            tuple(files),
+            study_uid=study_uid,
+        )
+    )
+    original = dcmread(c.out / files[12], stop_before_pixels=True)
+    ds = c.instance("sop_uid_reused_by_another_study")
+    ds.SOPInstanceUID = original.SOPInstanceUID
+    ds.PixelData = np.ascontiguousarray(np.flipud(ds.pixel_array)).tobytes()
+    c.single(
+        "sop_uid_reused_by_another_study",
+        "a slice of another study and series (its pixels flipped top to bottom) under the SOP "
+        "Instance UID of a slice of uid_reuse_original",
+        ds,
+        UID_CONFLICT,
+    )
+    name = "series_uid_reused_by_another_study"
+    study_uid, files = c.write_series(
+        name,
+        lambda k, ds: setattr(ds, "SeriesInstanceUID", original.SeriesInstanceUID),
+        keep=lambda k: k in (11, 12, 13),
+    )
+    c.add(
+        Case(
+            name,
+            "3 slices of another study, with their own SOP Instance UIDs, under the Series "
+            "Instance UID of uid_reuse_original",
+            "c-store",
+            UID_CONFLICT,
+            tuple(files),
+            study_uid=study_uid,
+        )
+    )
+
+
 def _geometry_cases(c: _Corpus) -> None:
     other_frame = _uid("mixed_frames_of_reference", "second frame")
 
@@ -873,6 +920,7 @@ def generate(out_dir: Path) -> list[Case]:
             _pixel_cases,
             _transport_cases,
             _accepted_series_cases,
+            _uid_reuse_cases,
             _geometry_cases,
         ):
             group(corpus)

@@ -135,6 +135,41 @@ def test_instances_beyond_the_study_limit_get_out_of_resources(scp_factory, tmp_
     assert store(_dest(scp), "SENDER", [_mr()]) == [0]  # another study is not affected
 
 
+def test_a_uid_reused_by_another_study_is_refused_with_a_named_status_and_audited(
+    scp_factory, tmp_path: Path
+) -> None:
+    from pynetdicom import AE
+
+    scp, _ = scp_factory(tmp_path / "spool")
+    first = _mr()
+    assert store(_dest(scp), "SENDER", [first]) == [0]
+    same_sop = _mr(first.SOPInstanceUID)  # another study, another series
+    same_series = _mr()
+    same_series.SeriesInstanceUID = first.SeriesInstanceUID  # another study
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="AIRCON")
+    assert assoc.is_established
+    answers = [assoc.send_c_store(ds) for ds in (same_sop, same_series)]
+    assoc.release()
+    assert [(a.Status, a.ErrorComment) for a in answers] == [
+        (0xC211, "SOP Instance UID already stored in another study"),
+        (0xC211, "Series Instance UID already belongs to another study"),
+    ]
+    assert [p.parent.parent.name for p in (tmp_path / "spool").rglob("*.dcm")] == [
+        first.StudyInstanceUID
+    ]
+    refused = wait_for(
+        lambda: [r for r in scp.receiver.store.audit_rows() if r["outcome"] == "refused"],
+        10,
+        what="the audit of the refusals",
+    )
+    assert sorted((r["detail"], r["instances"]) for r in refused) == [
+        ("SOP Instance UID already stored in another study", 1),
+        ("Series Instance UID already belongs to another study", 1),
+    ]
+
+
 def test_disk_guard_refuses_with_out_of_resources_and_says_why(
     scp_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -106,6 +106,33 @@ def test_ready_only_after_every_input_series_is_quiet() -> None:
     assert len(ready.order[1]) == 10
 
 
+@pytest.mark.parametrize(
+    ("t2_key", "adc_key", "ready"),
+    [
+        ("a" * 64, "b" * 64, False),  # two patients
+        ("a" * 64, "a" * 64, True),
+        ("a" * 64, "", True),  # one series recorded before patient keys existed: not known
+    ],
+    ids=["two patients", "one patient", "one not known"],
+)
+def test_input_series_of_different_patients_fail_the_model(
+    t2_key: str, adc_key: str, ready: bool
+) -> None:
+    from dataclasses import replace
+
+    m = model("t2", "adc")
+    t2 = series("1.2.9.2", "t2_tse", 1000.0, slices(prefix="1.2.9.6."))
+    adc = series("1.2.9.3", "ep2d_ADC", 1000.0, slices(n=10, spacing=6.0, prefix="1.2.9.7."))
+    st = study(replace(t2, patient_key=t2_key), replace(adc, patient_key=adc_key))
+    got = decide_at(m, st, 1020.0)
+    if ready:
+        assert isinstance(got, Ready)
+    else:
+        assert got == Failed(
+            "input series belong to different patients (PatientID/IssuerOfPatientID differ)"
+        )
+
+
 def test_waiting_reason_names_the_missing_channel_and_rechecks_at_the_deadline() -> None:
     m = model("t2", "adc")
     st = study(series("1.2.9.2", "t2_tse", 1000.0, slices()))

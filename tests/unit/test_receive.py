@@ -118,3 +118,28 @@ def test_study_limits_and_disk_guard_refuse_with_out_of_resources(tmp_path: Path
     with pytest.raises(OutOfResources, match="disk guard"):
         guarded.accept(ds, data, "STORESCU", "AIRCON")
     assert not spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).exists()
+
+
+def test_series_record_a_salted_patient_key_never_the_patient_id(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    rx = Receiver(Spool(tmp_path / "spool"), Store(f"sqlite:///{db}"))
+    rx.storage = StorageConfig(min_free_mb=0)
+    ds, _ = _instance()
+    sent = []
+    for patient_id, issuer in (("PID-4711", "HOSP-A"), ("PID-4711", "HOSP-A"), ("PID-4711", "")):
+        ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientID, ds.IssuerOfPatientID = patient_id, issuer
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        sent.append(rx.accept(ds, buf.getvalue(), "STORESCU", "AIRCON").series_uid)
+    study = rx.store.study(ds.StudyInstanceUID)
+    assert study is not None
+    keys = {s.series_uid: s.patient_key for s in study.series}
+    assert len(keys[sent[0]]) == 64
+    assert keys[sent[0]] == keys[sent[1]] != keys[sent[2]]  # the issuer is part of the identity
+    assert b"PID-4711" not in b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
+
+    # One salt per installation: kept across restarts, another installation has its own.
+    assert Store(f"sqlite:///{db}").patient_salt == rx.store.patient_salt
+    assert Store(f"sqlite:///{tmp_path / 'other.sqlite'}").patient_salt != rx.store.patient_salt

@@ -353,6 +353,23 @@ def test_write_dataset_is_a_dicom_file(
     assert back.file_meta.MediaStorageSOPClassUID == back.SOPClassUID
 
 
+def test_building_and_writing_an_rtstruct_raises_no_warning(
+    phantom_volume: tuple[Volume, np.ndarray], tmp_path: Path
+) -> None:
+    """pydicom 3 deprecates is_little_endian / is_implicit_VR (gone in 4.0): neither our code nor
+    what it calls may use them, so an upgrade cannot break writing."""
+    import warnings
+
+    volume, labels = phantom_volume
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = build(volume, labels, {1: PROSTATE[1]})
+        write_dataset(ds, tmp_path / "rs.dcm")
+    back = pydicom.dcmread(tmp_path / "rs.dcm")
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # explicit VR little endian
+    assert back.StructureSetROISequence[0].ROIName == "Prostate"
+
+
 def test_non_square_pixels_follow_pixel_spacing_order(tmp_path: Path) -> None:
     """PixelSpacing is (row, column): checked against SimpleITK's index -> physical mapping."""
     phantom = make_phantom(5, shape=(12, 64, 80), spacing=(3.0, 0.8, 1.5))

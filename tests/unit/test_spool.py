@@ -30,6 +30,9 @@ STUDY, SERIES, SOP = "1.2.826.0.1.1", "1.2.826.0.1.1.2", "1.2.826.0.1.1.2.3"
         ".1.2",
         "1.2.3a",
         " 1.2",
+        "1.2 ",
+        "1.2\n",  # pydicom's pattern ends in '$', which also matches before a final newline
+        "1.2\x00",
         "1" * 65,
         "1." * 32 + "1",
     ],
@@ -156,6 +159,24 @@ def test_derived_uids_are_valid_deterministic_and_distinct() -> None:
     a = derive_uid(root, STUDY, "rtstruct")
     assert a == derive_uid(root, STUDY, "rtstruct")
     assert a != derive_uid(root, STUDY, "series")
+    assert derive_uid(root, "1.2", "3") != derive_uid(root, "1.", "23")  # parts stay apart
     assert a.startswith(root) and len(a) == 64 and is_valid_uid(a)
     with pytest.raises(ValueError):
         derive_uid("1.2.3", "x")
+
+
+def test_derived_uids_are_the_same_in_another_process() -> None:
+    """A restarted gateway (the crash harness) must derive the same RTSTRUCT UIDs."""
+    import subprocess
+    import sys
+
+    root = "1.2.826.0.1.3680043.8.498."
+    code = f"from gateway.uids import derive_uid; print(derive_uid({root!r}, {STUDY!r}, 'x'))"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert other.stdout.strip() == derive_uid(root, STUDY, "x")

@@ -42,6 +42,13 @@ def upgrade() -> None:
         b.add_column(sa.Column("recheck_at", sa.Float(), nullable=True))
         b.add_column(sa.Column("reason", sa.Text(), nullable=False, server_default=""))
     op.create_index("ix_studies_recheck_at", "studies", ["recheck_at"])
+    with op.batch_alter_table("series") as b:
+        b.add_column(sa.Column("patient_key", sa.String(64), nullable=True))
+    op.create_table(
+        "settings",
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text(), nullable=False),
+    )
     with op.batch_alter_table("deliveries") as b:
         b.add_column(sa.Column("lease_owner", sa.String(128), nullable=True))
         b.add_column(sa.Column("lease_expires_at", sa.Float(), nullable=True))
@@ -149,6 +156,9 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries") as b:
         b.drop_column("lease_owner")
         b.drop_column("lease_expires_at")
+    op.drop_table("settings")
+    with op.batch_alter_table("series") as b:
+        b.drop_column("patient_key")
     op.drop_index("ix_studies_recheck_at", "studies")
     with op.batch_alter_table("studies") as b:
         for column in ("open_associations", "recheck_at", "reason"):
