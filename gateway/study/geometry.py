@@ -1,9 +1,13 @@
 """Pure slice geometry: does a set of 2-D slices form one consistent volume, and in what order?
 
 Positions and directions are in patient coordinates (mm, DICOM LPS). The slice normal is
-``cross(row direction, column direction)``, where the row direction is the first triplet of
-ImageOrientationPatient (along a row, i.e. increasing column index). Slices are sorted by their
-position projected on that normal, ascending: the order SimpleITK and rt-utils use.
+``cross(row direction, column direction)`` (:func:`gateway.grid.slice_normal`), where the row
+direction is the first triplet of ImageOrientationPatient (along a row, i.e. increasing column
+index). Slices are sorted by their position projected on that normal, ascending: the order
+SimpleITK and rt-utils use.
+
+highdicom's ``get_volume_positions`` makes the same decision but answers only "not a volume";
+the checks here say which problem it is, in words a user can act on.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.db.records import SliceGeometry
+from gateway.grid import slice_normal
 
 ORIENTATION_TOLERANCE = 1e-3  # difference in direction cosines
 POSITION_TOLERANCE_MM = 0.05
@@ -31,13 +36,6 @@ class VolumeCheck:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
-    row = np.asarray(orientation[:3], dtype=float)
-    col = np.asarray(orientation[3:6], dtype=float)
-    normal = np.cross(row, col)
-    return normal / np.linalg.norm(normal)
 
 
 def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:

@@ -14,7 +14,7 @@ import numpy as np
 
 from gateway.config import Guardrails
 from gateway.db.records import SeriesInfo
-from gateway.study.geometry import slice_normal
+from gateway.grid import slice_normal
 
 
 def _num(value: float) -> str:
