@@ -55,6 +55,21 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
             (),
             None,
         )
+    malformed = [
+        s
+        for s in slices
+        if (len(s.position or ()), len(s.orientation or ()), len(s.pixel_spacing or ()))
+        != (3, 6, 2)
+    ]
+    if malformed:
+        return VolumeCheck(
+            (
+                f"{len(malformed)} instance(s) have ImagePositionPatient, ImageOrientationPatient "
+                "or PixelSpacing with the wrong number of values",
+            ),
+            (),
+            None,
+        )
     frames = {s.frame_of_reference_uid for s in slices}
     if len(frames) != 1 or None in frames:
         problems.append(
