@@ -54,7 +54,9 @@ class _Reference:
             k = self.index.get(str(image.get("ReferencedSOPInstanceUID", "")))
             if k is not None:
                 return k
-        height = float(np.mean(self.grid.slice_coordinate(points)))
+        height = float(np.mean(self.grid.slice_coordinate(points))) if len(points) else np.nan
+        if not np.isfinite(height):
+            return None
         k = round(height)
         return k if 0 <= k < len(self.datasets) and abs(height - k) <= 0.5 else None
 

@@ -57,3 +57,45 @@ def test_grid_of_slices_is_the_simpleitk_grid() -> None:
     np.testing.assert_allclose(grid.slice_coordinate(points[3, :2, :2].reshape(-1, 3)), 3.0)
     again = Grid.of(grid.to_image(np.zeros((5, 30, 40), np.uint8)))
     assert again == grid
+
+
+def _series(n: int = 3, slice_spacing: float = 3.0) -> list[Dataset]:
+    normal = np.cross(ROW, COL)
+    datasets = []
+    for k in range(n):
+        ds = _slice()
+        ds.ImagePositionPatient = [float(v) for v in np.add(IPP, k * slice_spacing * normal)]
+        ds.SOPInstanceUID = f"1.2.9.5.{k}"
+        ds.SeriesInstanceUID = "1.2.9.4"
+        ds.FrameOfReferenceUID = "1.2.9.1"
+        ds.Rows, ds.Columns = 30, 40
+        datasets.append(ds)
+    return datasets
+
+
+def test_reader_finds_a_contours_slice_by_plane_and_skips_one_on_no_slice() -> None:
+    from pydicom.sequence import Sequence as DicomSequence
+
+    from gateway.contour.reader import rasterize_rtstruct
+
+    series = _series()
+    square = np.array([[9.5, 9.5], [9.5, 20.5], [20.5, 20.5], [20.5, 9.5]])  # (row, column)
+    on_slice_1 = pixel_to_patient(series[1], square)
+    far_away = on_slice_1 + 30.0 * np.cross(ROW, COL)
+    contours = []
+    for points in (on_slice_1, far_away, np.empty((0, 3))):
+        item = Dataset()
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        item.ContourData = [float(v) for v in points.ravel()]
+        contours.append(item)
+    roi, roi_contour, rtstruct = Dataset(), Dataset(), Dataset()
+    roi.ROINumber, roi.ROIName = 1, "Box"
+    roi_contour.ReferencedROINumber = 1
+    roi_contour.ContourSequence = DicomSequence(contours)
+    rtstruct.StructureSetROISequence = DicomSequence([roi])
+    rtstruct.ROIContourSequence = DicomSequence([roi_contour])
+
+    mask = rasterize_rtstruct(rtstruct, series[::-1])["Box"]
+    expected = np.zeros((3, 30, 40), dtype=bool)
+    expected[1, 10:21, 10:21] = True
+    np.testing.assert_array_equal(mask, expected)
