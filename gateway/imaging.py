@@ -5,7 +5,8 @@ row, column); the image's spacing is ``(x, y, z)`` = (column spacing, row spacin
 spacing) in mm, i.e. ``(PixelSpacing[1], PixelSpacing[0], slice spacing)``. The direction's
 columns are the row direction (first ImageOrientationPatient triplet), the column direction
 (second triplet) and the slice normal; slices are sorted ascending along that normal
-(see :mod:`gateway.study.geometry`), so an oblique acquisition keeps its orientation.
+(see :mod:`gateway.grid` and :mod:`gateway.study.geometry`), so an oblique acquisition keeps
+its orientation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pydicom.dataset import Dataset
 
 from gateway.db.records import SliceGeometry
 from gateway.errors import InvalidInput
-from gateway.study.geometry import check_volume, slice_normal
+from gateway.grid import Grid
+from gateway.study.geometry import check_volume
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +103,6 @@ def sort_slices(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], float
     return tuple(by_uid[uid] for uid in check.order), check.slice_spacing
 
 
-def direction_matrix(ds: Dataset) -> np.ndarray:
-    """3x3 matrix whose columns are the row direction, column direction and slice normal."""
-    iop = [float(v) for v in ds.ImageOrientationPatient]
-    return np.column_stack([iop[:3], iop[3:6], slice_normal(iop)])
-
-
 def read_series(paths: Sequence[Path]) -> Volume:
     """Read the single-frame instances of one series (any order) into a :class:`Volume`.
 
@@ -128,15 +124,11 @@ def read_series(paths: Sequence[Path]) -> Volume:
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    image = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+    image = Grid.of_slices(datasets[0], spacing).place(
+        sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+    )
 
     first = datasets[0]
-    if spacing is None:
-        spacing = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    image.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))
-    image.SetSpacing((col_spacing, row_spacing, spacing))
-    image.SetDirection(tuple(direction_matrix(first).ravel()))
     expected = (int(first.Columns), int(first.Rows), len(datasets))
     if image.GetSize() != expected:
         raise InvalidInput(f"pixel data size {image.GetSize()} differs from headers {expected}")

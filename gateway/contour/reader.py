@@ -19,42 +19,34 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from gateway.grid import Grid, patient_to_pixel
 from gateway.imaging import Volume, sort_slices
-from gateway.study.geometry import slice_normal
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Grid:
-    """Pixel grid of the sorted reference slices, in patient coordinates (mm)."""
+class _Reference:
+    """The sorted reference slices: their grid and each slice's own plane."""
 
-    uids: tuple[str, ...]
-    positions: np.ndarray  # (z, 3) ImagePositionPatient per slice
-    row_dir: np.ndarray  # along a row: increasing column index
-    col_dir: np.ndarray  # along a column: increasing row index
-    normal: np.ndarray
-    row_spacing: float  # PixelSpacing[0]
-    col_spacing: float  # PixelSpacing[1]
-    shape: tuple[int, int, int]  # (z, rows, columns)
+    datasets: tuple[Dataset, ...]
+    grid: Grid
     index: dict[str, int]  # SOP Instance UID -> slice index
 
     @classmethod
-    def from_datasets(cls, datasets: Sequence[Dataset]) -> _Grid:
-        first = datasets[0]
-        iop = [float(v) for v in first.ImageOrientationPatient]
-        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-        return cls(
-            uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-            positions=np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets]),
-            row_dir=np.asarray(iop[:3]),
-            col_dir=np.asarray(iop[3:6]),
-            normal=slice_normal(iop),
-            row_spacing=row_spacing,
-            col_spacing=col_spacing,
-            shape=(len(datasets), int(first.Rows), int(first.Columns)),
-            index={str(ds.SOPInstanceUID): k for k, ds in enumerate(datasets)},
-        )
+    def of(cls, reference: Sequence[Dataset] | Volume) -> _Reference:
+        if isinstance(reference, Volume):
+            datasets, grid = reference.datasets, Grid.of(reference.image)
+        else:
+            datasets, spacing = sort_slices(reference)
+            grid = Grid.of_slices(datasets[0], spacing)
+        index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(datasets)}
+        return cls(datasets, grid, index)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        first = self.datasets[0]
+        return (len(self.datasets), int(first.Rows), int(first.Columns))
 
     def slice_of(self, contour: Dataset, points: np.ndarray) -> int | None:
         """The slice index a contour lies on: by its referenced SOP Instance, else by plane."""
@@ -62,18 +54,11 @@ class _Grid:
             k = self.index.get(str(image.get("ReferencedSOPInstanceUID", "")))
             if k is not None:
                 return k
-        heights = self.positions @ self.normal
-        height = float(np.mean(points @ self.normal))
-        k = int(np.argmin(np.abs(heights - height)))
-        tolerance = 0.5 * (abs(heights[1] - heights[0]) if len(heights) > 1 else 1.0)
-        return k if abs(heights[k] - height) <= tolerance else None
-
-    def to_pixels(self, points: np.ndarray, k: int) -> np.ndarray:
-        """Patient points (n, 3) on slice k -> (n, 2) ``(row, column)`` pixel coordinates."""
-        offset = points - self.positions[k]
-        return np.column_stack(
-            [offset @ self.col_dir / self.row_spacing, offset @ self.row_dir / self.col_spacing]
-        )
+        height = float(np.mean(self.grid.slice_coordinate(points))) if len(points) else np.nan
+        if not np.isfinite(height):
+            return None
+        k = round(height)
+        return k if 0 <= k < len(self.datasets) and abs(height - k) <= 0.5 else None
 
 
 def _edges(rings: Sequence[np.ndarray]) -> np.ndarray:
@@ -125,10 +110,9 @@ def rasterize_rtstruct(
     the nearest slice plane within half a slice spacing; others are skipped with a warning.
     Only CLOSED_PLANAR contours are filled. ROIs without contours get an empty mask.
     """
-    datasets = reference.datasets if isinstance(reference, Volume) else sort_slices(reference)[0]
-    grid = _Grid.from_datasets(datasets)
+    ref = _Reference.of(reference)
     names = {int(roi.ROINumber): str(roi.ROIName) for roi in rtstruct.StructureSetROISequence}
-    masks = {name: np.zeros(grid.shape, dtype=bool) for name in names.values()}
+    masks = {name: np.zeros(ref.shape, dtype=bool) for name in names.values()}
     for roi_contour in rtstruct.get("ROIContourSequence", []):
         name = names.get(int(roi_contour.ReferencedROINumber))
         if name is None:
@@ -139,13 +123,13 @@ def rasterize_rtstruct(
             if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
                 continue
             points = _contour_points(contour)
-            k = grid.slice_of(contour, points)
+            k = ref.slice_of(contour, points)
             if k is None:
                 logger.warning("ROI %s: a contour lies on no slice of the reference", name)
                 continue
-            rings.setdefault(k, []).append(grid.to_pixels(points, k))
+            rings.setdefault(k, []).append(patient_to_pixel(ref.datasets[k], points))
         for k, slice_rings in rings.items():
-            masks[name][k] ^= fill_even_odd(slice_rings, grid.shape[1:])
+            masks[name][k] ^= fill_even_odd(slice_rings, ref.shape[1:])
     return masks
 
 

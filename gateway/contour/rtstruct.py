@@ -32,6 +32,7 @@ from skimage.measure import find_contours
 from gateway.config import RoiSpec, RtstructConfig
 from gateway.durable import durable_write, make_dirs
 from gateway.errors import ModelError
+from gateway.grid import pixel_to_patient
 from gateway.imaging import Volume
 from gateway.job import Provenance
 from gateway.uids import derive_uid
@@ -110,22 +111,6 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     return rings
 
 
-def to_patient(ring: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Map ``(row, column)`` pixel coordinates of slice ``ds`` to patient coordinates (mm).
-
-    PixelSpacing is ``[row spacing, column spacing]``: the point ``(r, c)`` lies at
-    ``IPP + c * column spacing * row direction + r * row spacing * column direction``.
-    """
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
-    return (
-        ipp
-        + np.outer(ring[:, 1] * col_spacing, iop[:3])
-        + np.outer(ring[:, 0] * row_spacing, iop[3:6])
-    )
-
-
 def _contour_item(points: np.ndarray, ds: Dataset, number: int) -> Dataset:
     image = Dataset()
     image.ReferencedSOPClassUID = ds.SOPClassUID
@@ -144,7 +129,8 @@ def contour_items(mask: np.ndarray, datasets: Sequence[Dataset]) -> list[Dataset
     items: list[Dataset] = []
     for k in (int(i) for i in np.flatnonzero(mask.any(axis=(1, 2)))):
         for ring in slice_contours(mask[k]):
-            items.append(_contour_item(to_patient(ring, datasets[k]), datasets[k], len(items) + 1))
+            points = pixel_to_patient(datasets[k], ring)
+            items.append(_contour_item(points, datasets[k], len(items) + 1))
     return items
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from gateway.grid import Grid, slice_normal
+
 logger = logging.getLogger(__name__)
 
 PROSTATE, BLADDER, RECTUM = 1, 2, 3
@@ -73,16 +75,14 @@ def _rotation(angles_deg: FloatArray) -> FloatArray:
     return rz @ ry @ rx
 
 
-def _grid_points(
-    shape: tuple[int, int, int],
-    spacing_zyx: tuple[float, float, float],
-    direction: FloatArray,
-    origin: FloatArray,
-) -> FloatArray:
-    """Physical (x, y, z) of every voxel, as an array of shape (z, y, x, 3)."""
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
-    idx_mm = np.stack([i * spacing_zyx[2], j * spacing_zyx[1], k * spacing_zyx[0]], axis=-1)
-    return origin + idx_mm @ direction.T
+def _grid(
+    spacing_zyx: tuple[float, float, float], origin: FloatArray, direction: FloatArray
+) -> Grid:
+    return Grid(
+        (spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]),
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        tuple(float(v) for v in direction.ravel()),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +174,8 @@ def _make(
     grid_centre = prostate_c + np.array(
         [rng.uniform(-4, 4), rng.uniform(-2, 6), rng.uniform(8, 14)]
     )
-    origin = grid_centre - direction @ (extent / 2)
-    pts = _grid_points(shape, spacing, direction, origin)
+    grid = _grid(spacing, grid_centre - direction @ (extent / 2), direction)
+    pts = grid.points(shape)
 
     # The anatomy's random draws do not depend on the grid: keep the generator's state so that
     # the same anatomy can be drawn again on another grid (the Dixon series of a study).
@@ -185,8 +185,8 @@ def _make(
     image = _t2_image(anatomy, pts, grid_centre, shape, rng)
 
     phantom = Phantom(
-        image=_to_sitk(image.astype(np.float32), spacing, origin, direction),
-        labels=_to_sitk(labels.astype(np.uint8), spacing, origin, direction),
+        image=grid.to_image(image.astype(np.float32)),
+        labels=grid.to_image(labels.astype(np.uint8)),
         seed=seed,
     )
     return phantom, scene
@@ -204,19 +204,6 @@ class _Scene:
         rng = np.random.default_rng()
         rng.bit_generator.state = dict(self.anatomy_rng_state)
         return _draw_anatomy(pts, self.prostate_c, rng)
-
-
-def _to_sitk(
-    arr: NDArray[np.generic],
-    spacing_zyx: tuple[float, float, float],
-    origin: FloatArray,
-    direction: FloatArray,
-) -> sitk.Image:
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]))
-    img.SetOrigin(tuple(float(v) for v in origin))
-    img.SetDirection(tuple(float(v) for v in direction.ravel()))
-    return img
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +238,8 @@ def make_study(seed: int) -> PhantomStudy:
         [spacing[2] * (shape[2] - 1), spacing[1] * (shape[1] - 1), spacing[0] * (shape[0] - 1)]
     )
     centre = scene.grid_centre + rng.uniform([-6, -6, -5], [6, 6, 5])
-    origin = centre - direction @ (extent / 2)
-    pts = _grid_points(shape, spacing, direction, origin)
+    grid = _grid(spacing, centre - direction @ (extent / 2), direction)
+    pts = grid.points(shape)
     anatomy = scene.anatomy_on(pts)
     water, fat = _dixon_components(anatomy, pts, centre, shape, rng)
     images = {
@@ -268,8 +255,8 @@ def make_study(seed: int) -> PhantomStudy:
         s = np.clip(signal, 0, None) * scale
         noisy = np.sqrt((s + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
         arr = np.clip(np.rint(noisy), 0, 4095).astype(np.float32)
-        out[name] = _to_sitk(arr, spacing, origin, direction)
-    labels = _to_sitk(_labels(anatomy).astype(np.uint8), spacing, origin, direction)
+        out[name] = grid.to_image(arr)
+    labels = grid.to_image(_labels(anatomy).astype(np.uint8))
     return PhantomStudy(t2=t2, dixon=out, dixon_labels=labels)
 
 
@@ -574,7 +561,7 @@ def write_dicom_series(
     stored, slope, intercept = _to_uint16(arr)
     direction = np.array(img.GetDirection()).reshape(3, 3)
     row, col, normal = direction[:, 0], direction[:, 1], direction[:, 2]
-    if not np.allclose(np.cross(row, col), normal, atol=1e-6):
+    if not np.allclose(slice_normal((*row, *col)), normal, atol=1e-6):
         raise ValueError("image direction must be a proper rotation (normal = row x column)")
     sx, sy, sz = img.GetSpacing()
     origin = np.array(img.GetOrigin())

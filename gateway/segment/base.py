@@ -3,57 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gateway.errors import ModelError
+from gateway.grid import Grid
 from gateway.segment.spec import ModelSpec, SegmentationConfig
 
-
-@dataclass(frozen=True)
-class Grid:
-    """The physical grid of the channels: SimpleITK conventions (LPS, mm).
-
-    ``spacing`` and ``origin`` are ``(x, y, z)``; ``direction`` is the 3x3 matrix row-major,
-    its columns the row direction, the column direction and the slice normal. An array
-    ``(z, y, x)`` on this grid becomes an image with :meth:`to_image`.
-    """
-
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        return (self.spacing[2], self.spacing[1], self.spacing[0])
-
-    @classmethod
-    def of(cls, image: Any) -> Grid:
-        """The grid of a SimpleITK image."""
-        sx, sy, sz = image.GetSpacing()
-        ox, oy, oz = image.GetOrigin()
-        return cls((sx, sy, sz), (ox, oy, oz), tuple(float(v) for v in image.GetDirection()))
-
-    def to_image(self, array: np.ndarray) -> Any:
-        """``array`` (z, y, x) as a SimpleITK image on this grid."""
-        import SimpleITK as sitk
-
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def matches(self, image: Any, tolerance_mm: float = 0.01) -> bool:
-        """Whether a SimpleITK image lies on this grid (within NIfTI's float32 precision)."""
-        other = Grid.of(image)
-        return (
-            np.allclose(other.spacing, self.spacing, rtol=1e-4, atol=1e-5)
-            and np.allclose(other.origin, self.origin, rtol=1e-5, atol=tolerance_mm)
-            and np.allclose(other.direction, self.direction, atol=1e-4)
-        )
+__all__ = ["Grid", "as_grid", "check_output", "resolve_device", "stack_channels"]
 
 
 def as_grid(grid: Grid | Sequence[float]) -> Grid:

@@ -1,9 +1,13 @@
 """Pure slice geometry: does a set of 2-D slices form one consistent volume, and in what order?
 
 Positions and directions are in patient coordinates (mm, DICOM LPS). The slice normal is
-``cross(row direction, column direction)``, where the row direction is the first triplet of
-ImageOrientationPatient (along a row, i.e. increasing column index). Slices are sorted by their
-position projected on that normal, ascending: the order SimpleITK and rt-utils use.
+``cross(row direction, column direction)`` (:func:`gateway.grid.slice_normal`), where the row
+direction is the first triplet of ImageOrientationPatient (along a row, i.e. increasing column
+index). Slices are sorted by their position projected on that normal, ascending: the order
+SimpleITK and rt-utils use.
+
+highdicom's ``get_volume_positions`` makes the same decision but answers only "not a volume";
+the checks here say which problem it is, in words a user can act on.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.db.records import SliceGeometry
+from gateway.grid import slice_normal
 
 ORIENTATION_TOLERANCE = 1e-3  # difference in direction cosines
 POSITION_TOLERANCE_MM = 0.05
@@ -33,13 +38,6 @@ class VolumeCheck:
         return not self.problems
 
 
-def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
-    row = np.asarray(orientation[:3], dtype=float)
-    col = np.asarray(orientation[3:6], dtype=float)
-    normal = np.cross(row, col)
-    return normal / np.linalg.norm(normal)
-
-
 def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
     """Check that ``slices`` form one volume: one frame of reference, one orientation, one
     in-plane grid, distinct positions along the normal at uniform spacing (no gaps), and each
@@ -53,6 +51,21 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
             (
                 f"{len(missing)} instance(s) lack ImagePositionPatient, ImageOrientationPatient, "
                 "PixelSpacing or Rows/Columns",
+            ),
+            (),
+            None,
+        )
+    malformed = [
+        s
+        for s in slices
+        if (len(s.position or ()), len(s.orientation or ()), len(s.pixel_spacing or ()))
+        != (3, 6, 2)
+    ]
+    if malformed:
+        return VolumeCheck(
+            (
+                f"{len(malformed)} instance(s) have ImagePositionPatient, ImageOrientationPatient "
+                "or PixelSpacing with the wrong number of values",
             ),
             (),
             None,

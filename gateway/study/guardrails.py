@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from gateway.db.records import SeriesInfo
+from gateway.grid import slice_normal
 from gateway.segment.spec import Guardrails
-from gateway.study.geometry import slice_normal
 
 
 def _num(value: float) -> str:

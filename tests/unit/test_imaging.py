@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 from gateway.demo.phantom import make_phantom, write_dicom_series
 from gateway.errors import InvalidInput
+from gateway.grid import slice_normal
 from gateway.imaging import read_series, resample_to, volume_cc
-from gateway.study.geometry import slice_normal
 from tests.conftest import PROSTATEX_T2
 
 OBLIQUE_T2 = PROSTATEX_T2
