@@ -64,7 +64,7 @@ def cmd_audit(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     import csv
     from datetime import datetime
 
-    from gateway.db.database import AUDIT_COLUMNS
+    from gateway.db.tables import AUDIT_COLUMNS
 
     rows = _store(cfg).audit_rows(
         since=parse_when(args.since), until=parse_when(args.until) if args.until else None

@@ -14,13 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gateway.errors import PermanentError
+from gateway.config import GatewayConfig
+from gateway.db.database import Store
+from gateway.errors import GatewayError, PermanentError
 from gateway.failpoints import CrashPoints
 from gateway.imaging import Volume, channels_on, labels_onto
-from gateway.job import ModelOutcome, ModelState, Provenance
+from gateway.job import JobOutcome, ModelOutcome, ModelState, Provenance, RoiOutcome
 from gateway.segment.base import Grid
 from gateway.segment.spec import ModelSpec
 
@@ -115,3 +119,139 @@ def run_models(
             segment_s=round(t2 - t1, 3),
         )
     return out
+
+
+class JobRunner:
+    """The run stage of a job: claim it under a lease, read its volumes, run its models, build
+    and write the RTSTRUCT, record the typed outcome and open the deliveries."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        store: Store,
+        segmenters: object,
+        dispatch: Any,
+        *,
+        owner: str,
+        clock: Callable[[], float],
+        crash: CrashPoints,
+    ):
+        self.cfg = cfg
+        self.store = store
+        self.segmenters = segmenters
+        self.dispatch = dispatch
+        self.owner = owner
+        self.clock = clock
+        self.crash = crash
+        self.slots = ModelSlots()
+
+    # -- segment + RTSTRUCT --------------------------------------------------------------------
+
+    def run(self, job_id: int) -> None:
+        if not self.store.claim_job(job_id, self.owner, self.clock(), self.cfg.queue.lease_s):
+            return
+        try:
+            self._run(job_id)
+        except PermanentError as exc:
+            self._fail(job_id, str(exc))
+        except GatewayError as exc:
+            self._fail(job_id, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.exception("job %d: unexpected error", job_id)
+            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, job_id: int, reason: str) -> None:
+        log.warning("job %d failed: %s", job_id, reason)
+        self.store.fail_job(job_id, reason, self.clock())
+
+    def _run(self, job_id: int) -> None:
+        from gateway import imaging
+        from gateway.contour import rtstruct
+        from gateway.contour.structures import plan_structures
+
+        job = self.store.job(job_id)
+        assert job is not None
+        study = self.store.study(job.study_uid)
+        if study is None:
+            raise PermanentError("the study's records are gone (purged?)")
+        rule = next(r for r in self.cfg.rules if r.name == job.rule)
+        plan = job.job_plan
+
+        def read(series_uid: str) -> imaging.Volume:
+            series = next((s for s in study.series if s.series_uid == series_uid), None)
+            if series is None:
+                raise PermanentError(f"input series {series_uid} is no longer recorded")
+            return imaging.read_series([Path(p) for p in series.paths.values()])
+
+        run = run_models(
+            plan.runnable,
+            self.cfg.models,
+            read,
+            self.segmenters,
+            self.slots,
+            crash=self.crash,
+            after_volumes=lambda: self._stage(job_id, "volume"),
+        )
+        self._stage(job_id, "segment")
+        outcomes: dict[str, ModelOutcome] = {
+            m: ModelOutcome(state=ModelState.REFUSED, reason=r) for m, r in plan.refused.items()
+        }
+        outcomes.update(run.outcomes)
+        partial = "; ".join(
+            f"{m}: {o.reason}" for m, o in outcomes.items() if o.state is not ModelState.DONE
+        )
+        if run.reference is None:
+            outcome = JobOutcome(models=outcomes, partial=partial)
+            self.store.fail_job(
+                job_id, partial or "no model produced a result", self.clock(), outcome
+            )
+            log.warning("job %d failed: %s", job_id, partial or "no model produced a result")
+            return
+        t0 = time.perf_counter()
+        maps, models = run.label_maps, self.cfg.models
+        planned = plan_structures(rule, models, self.cfg.roi_names, available=maps)
+        structures = [
+            rtstruct.Structure(maps[p.model] == p.label, p.roi, provenance(models[p.model]))
+            for p in planned
+        ]
+        used = list(dict.fromkeys(u for m in maps for u in plan.runnable[m]))
+        ds = rtstruct.build_structure_set(
+            run.reference,
+            structures,
+            self.cfg.rtstruct,
+            input_series_uids=used,
+        )
+        out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
+        rtstruct.write_dataset(ds, out)
+        spacing = run.reference.image.GetSpacing()
+        outcome = JobOutcome(
+            models=outcomes,
+            rois=tuple(
+                RoiOutcome(
+                    name=st.roi.name,
+                    provenance=st.provenance,
+                    volume_cc=round(imaging.volume_cc(st.mask, spacing), 2),
+                )
+                for st in structures
+            ),
+            reference_series=run.reference.series_instance_uid,
+            merge_s=round(time.perf_counter() - t0, 3),
+            partial=partial,
+        )
+        ids = self.store.finish_run(
+            job_id, outcome, str(ds.SOPInstanceUID), str(out), rule.destinations, self.clock()
+        )
+        log.info(
+            "job %d study %s: RTSTRUCT %s built (%d ROIs from %s), delivering to %d destination(s)",
+            job_id,
+            job.study_uid,
+            ds.SOPInstanceUID,
+            len(structures),
+            ", ".join(run.label_maps),
+            len(ids),
+        )
+        for delivery_id in ids:
+            self.dispatch.deliver(delivery_id)
+
+    def _stage(self, job_id: int, stage: str) -> None:
+        self.store.update_job(job_id, stage=stage, now=self.clock())

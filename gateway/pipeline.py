@@ -22,10 +22,10 @@ from gateway.config import GatewayConfig
 from gateway.db.database import Store
 from gateway.db.records import TERMINAL, JobState, StudyInfo
 from gateway.deliver.delivery import Deliverer, Sender
-from gateway.errors import GatewayError, PermanentError
+from gateway.errors import PermanentError
 from gateway.failpoints import CrashPoints
-from gateway.inference import ModelSlots, provenance, run_models
-from gateway.job import JobOutcome, JobPlan, ModelOutcome, ModelPlan, ModelState, RoiOutcome
+from gateway.inference import JobRunner
+from gateway.job import JobPlan, ModelPlan
 from gateway.study import assembly, routing
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,13 @@ class Pipeline:
 
             segmenters = SegmenterCache(cfg.segmentation)
         self.segmenters = segmenters
-        self.slots = ModelSlots()
         if sender is None:
             from gateway.dicom import scu
 
             sender = scu.store
+        self.runner = JobRunner(
+            cfg, store, segmenters, dispatcher, owner=owner, clock=clock, crash=self.crash
+        )
         self.delivery = Deliverer(
             store,
             dict(cfg.destinations),
@@ -144,119 +146,13 @@ class Pipeline:
         self.crash.hit("job.queued")
         self.dispatch.run_job(job.id)
 
-    def _stage(self, job_id: int, stage: str) -> None:
-        self.store.update_job(job_id, stage=stage, now=self.clock())
-
     def _study_reason(self, study_uid: str, reason: str) -> bool:
         return self.store.set_study_reason(study_uid, reason)
 
-    # -- segment + RTSTRUCT --------------------------------------------------------------------
+    # -- segment + RTSTRUCT ----------------------------------------------------------------------
 
     def run_job(self, job_id: int) -> None:
-        if not self.store.claim_job(job_id, self.owner, self.clock(), self.cfg.queue.lease_s):
-            return
-        try:
-            self._run(job_id)
-        except PermanentError as exc:
-            self._fail(job_id, str(exc))
-        except GatewayError as exc:
-            self._fail(job_id, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:
-            log.exception("job %d: unexpected error", job_id)
-            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
-
-    def _fail(self, job_id: int, reason: str) -> None:
-        log.warning("job %d failed: %s", job_id, reason)
-        self.store.fail_job(job_id, reason, self.clock())
-
-    def _run(self, job_id: int) -> None:
-        from gateway import imaging
-        from gateway.contour import rtstruct
-        from gateway.contour.structures import plan_structures
-
-        job = self.store.job(job_id)
-        assert job is not None
-        study = self.store.study(job.study_uid)
-        if study is None:
-            raise PermanentError("the study's records are gone (purged?)")
-        rule = next(r for r in self.cfg.rules if r.name == job.rule)
-        plan = job.job_plan
-
-        def read(series_uid: str) -> imaging.Volume:
-            series = next((s for s in study.series if s.series_uid == series_uid), None)
-            if series is None:
-                raise PermanentError(f"input series {series_uid} is no longer recorded")
-            return imaging.read_series([Path(p) for p in series.paths.values()])
-
-        run = run_models(
-            plan.runnable,
-            self.cfg.models,
-            read,
-            self.segmenters,
-            self.slots,
-            crash=self.crash,
-            after_volumes=lambda: self._stage(job_id, "volume"),
-        )
-        self._stage(job_id, "segment")
-        outcomes: dict[str, ModelOutcome] = {
-            m: ModelOutcome(state=ModelState.REFUSED, reason=r) for m, r in plan.refused.items()
-        }
-        outcomes.update(run.outcomes)
-        partial = "; ".join(
-            f"{m}: {o.reason}" for m, o in outcomes.items() if o.state is not ModelState.DONE
-        )
-        if run.reference is None:
-            outcome = JobOutcome(models=outcomes, partial=partial)
-            self.store.fail_job(
-                job_id, partial or "no model produced a result", self.clock(), outcome
-            )
-            log.warning("job %d failed: %s", job_id, partial or "no model produced a result")
-            return
-        t0 = time.perf_counter()
-        maps, models = run.label_maps, self.cfg.models
-        planned = plan_structures(rule, models, self.cfg.roi_names, available=maps)
-        structures = [
-            rtstruct.Structure(maps[p.model] == p.label, p.roi, provenance(models[p.model]))
-            for p in planned
-        ]
-        used = list(dict.fromkeys(u for m in maps for u in plan.runnable[m]))
-        ds = rtstruct.build_structure_set(
-            run.reference,
-            structures,
-            self.cfg.rtstruct,
-            input_series_uids=used,
-        )
-        out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
-        rtstruct.write_dataset(ds, out)
-        spacing = run.reference.image.GetSpacing()
-        outcome = JobOutcome(
-            models=outcomes,
-            rois=tuple(
-                RoiOutcome(
-                    name=st.roi.name,
-                    provenance=st.provenance,
-                    volume_cc=round(imaging.volume_cc(st.mask, spacing), 2),
-                )
-                for st in structures
-            ),
-            reference_series=run.reference.series_instance_uid,
-            merge_s=round(time.perf_counter() - t0, 3),
-            partial=partial,
-        )
-        ids = self.store.finish_run(
-            job_id, outcome, str(ds.SOPInstanceUID), str(out), rule.destinations, self.clock()
-        )
-        log.info(
-            "job %d study %s: RTSTRUCT %s built (%d ROIs from %s), delivering to %d destination(s)",
-            job_id,
-            job.study_uid,
-            ds.SOPInstanceUID,
-            len(structures),
-            ", ".join(run.label_maps),
-            len(ids),
-        )
-        for delivery_id in ids:
-            self.dispatch.deliver(delivery_id)
+        self.runner.run(job_id)
 
     # -- send ----------------------------------------------------------------------------------
 

@@ -1,0 +1,94 @@
+"""The audit trail and retention: who sent or got what, and which studies may be purged."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from gateway.db.records import DeliveryState, JobState
+from gateway.db.tables import (
+    AUDIT_COLUMNS,
+    AuditRow,
+    DeliveryRow,
+    InstanceRow,
+    JobRow,
+    SeriesRow,
+    StudyRow,
+)
+
+
+class AuditQueries:
+    """Audit and retention queries of :class:`gateway.db.database.Store` (a mixin)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
+    def audit(self, event: str, outcome: str, now: float | None = None, **fields: Any) -> None:
+        """Append one audit row (fields: see :data:`AUDIT_COLUMNS`)."""
+        row = AuditRow(at=time.time() if now is None else now, event=event, outcome=outcome)
+        for key, value in fields.items():
+            setattr(row, key, value if value is not None or key == "job_id" else "")
+        with self.session() as s:
+            s.add(row)
+
+    def audit_rows(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
+        query = select(AuditRow).where(AuditRow.at >= since).order_by(AuditRow.at, AuditRow.id)
+        if until is not None:
+            query = query.where(AuditRow.at < until)
+        with self.session() as s:
+            return [{c: getattr(r, c) for c in AUDIT_COLUMNS} for r in s.scalars(query)]
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def purgeable_studies(self, older_than: float) -> list[str]:
+        """Studies last touched before ``older_than`` whose work is all finished and delivered:
+        no job waiting, queued, running or delivering, no failed job (it may be resent), and
+        every delivery delivered. A study no rule matched (no jobs) is purgeable too."""
+        with self.session() as s:
+            return _purgeable(s, older_than)
+
+    def delete_study(self, study_uid: str, older_than: float) -> list[str]:
+        """Delete a study's rows (instances, series, study; its jobs' RTSTRUCT paths are
+        cleared) if it is still purgeable, in the same transaction as that check; return the
+        instance and RTSTRUCT paths to delete."""
+        with self.session() as s:
+            if study_uid not in _purgeable(s, older_than, study_uid):
+                return []
+            series = list(
+                s.scalars(select(SeriesRow.series_uid).where(SeriesRow.study_uid == study_uid))
+            )
+            paths = list(
+                s.scalars(select(InstanceRow.path).where(InstanceRow.series_uid.in_(series)))
+            )
+            for job in s.scalars(select(JobRow).where(JobRow.study_uid == study_uid)):
+                if job.rtstruct_path:
+                    paths.append(job.rtstruct_path)
+                    job.rtstruct_path = None
+            s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(series)))
+            s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
+            s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
+            return paths
+
+
+def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[str]:
+    query = select(StudyRow.study_uid).where(StudyRow.last_received_at < older_than)
+    if only is not None:
+        query = query.where(StudyRow.study_uid == only)
+    out = []
+    for uid in s.scalars(query).all():
+        jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
+        if any(j.state != JobState.DONE.value for j in jobs):
+            continue
+        undelivered = s.scalar(
+            select(func.count(DeliveryRow.id)).where(
+                DeliveryRow.job_id.in_([j.id for j in jobs]),
+                DeliveryRow.state != DeliveryState.DELIVERED.value,
+            )
+        )
+        if not undelivered:
+            out.append(uid)
+    return out

@@ -1,0 +1,181 @@
+"""Deliveries: claimed PENDING -> SENDING under a lease, in order per destination; their end
+(delivered, parked, rejected) settles the job and writes the audit rows in one transaction."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.db.records import DeliveryState
+from gateway.db.tables import DeliveryRow, JobRow
+from gateway.db.work import UNFINISHED_DELIVERY, _audit, _settle
+
+
+class DeliveryQueries:
+    """Delivery queries of :class:`gateway.db.database.Store` (a mixin)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
+    def create_deliveries(self, job_id: int, destinations: Sequence[str]) -> list[int]:
+        with self.session() as s:
+            ids = []
+            for dest in destinations:
+                row = DeliveryRow(
+                    job_id=job_id,
+                    destination=dest,
+                    state=DeliveryState.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=0.0,
+                    last_status="",
+                )
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+            return ids
+
+    def claim_delivery(
+        self, delivery_id: int, now: float, owner: str = "", lease_s: float = 3600.0
+    ) -> bool:
+        """Take a due, pending delivery for sending under a lease; False if not due, not
+        pending, or an older delivery to the same destination is unfinished."""
+        with self.session() as s:
+            d = s.get(DeliveryRow, delivery_id)
+            if d is None:
+                return False
+            older = (
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.destination == d.destination,
+                    or_(
+                        DeliveryRow.job_id < d.job_id,
+                        and_(DeliveryRow.job_id == d.job_id, DeliveryRow.id < d.id),
+                    ),
+                    DeliveryRow.state.in_(UNFINISHED_DELIVERY),
+                )
+                .exists()
+            )
+            res = s.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.id == delivery_id,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                    DeliveryRow.next_attempt_at <= now + 1.0,
+                    ~older,
+                )
+                .values(
+                    state=DeliveryState.SENDING.value,
+                    lease_owner=owner or None,
+                    lease_expires_at=now + lease_s,
+                )
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        with self.session() as s:
+            return s.get(DeliveryRow, delivery_id)
+
+    def deliveries_for(self, job_id: int) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow).where(DeliveryRow.job_id == job_id).order_by(DeliveryRow.id)
+                )
+            )
+
+    def due_deliveries(self, now: float) -> list[DeliveryRow]:
+        """Pending deliveries that are due, the head of each destination's line first."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DeliveryRow)
+                    .where(
+                        DeliveryRow.state == DeliveryState.PENDING.value,
+                        DeliveryRow.next_attempt_at <= now,
+                    )
+                    .order_by(DeliveryRow.job_id, DeliveryRow.id)
+                )
+            )
+
+    def retry_delivery(self, delivery_id: int, attempts: int, status: str, at: float) -> None:
+        """SENDING -> PENDING, due again at ``at``."""
+        with self.session() as s:
+            s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id)
+                .values(
+                    state=DeliveryState.PENDING.value,
+                    attempts=attempts,
+                    last_status=status,
+                    next_attempt_at=at,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempts: int,
+        status: str,
+        outcome: str,
+        now: float,
+    ) -> int | None:
+        """A delivery is over (delivered, parked or rejected): update it, audit it, settle its
+        job (and audit that), in one transaction. Return the next pending delivery to the same
+        destination, if any."""
+        with self.session() as s:
+            d = s.get(DeliveryRow, delivery_id)
+            assert d is not None
+            d.state = state.value
+            d.attempts = attempts
+            d.last_status = status
+            d.lease_owner = None
+            d.lease_expires_at = None
+            if state is DeliveryState.DELIVERED:
+                d.delivered_at = now
+            job = s.get(JobRow, d.job_id)
+            assert job is not None
+            _audit(
+                s,
+                "delivery",
+                outcome,
+                now,
+                job_id=d.job_id,
+                study_uid=job.study_uid,
+                destination=d.destination,
+                instances=1,
+                detail=f"RTSTRUCT {job.rtstruct_uid or '?'} after {attempts} attempt(s): {status}",
+            )
+            s.flush()
+            _settle(s, job, now)
+            return s.scalar(
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.destination == d.destination,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                )
+                .order_by(DeliveryRow.job_id, DeliveryRow.id)
+                .limit(1)
+            )
+
+    def settle_job(self, job_id: int, now: float) -> None:
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is not None:
+                _settle(s, job, now)
+
+    def update_delivery(self, delivery_id: int, **fields: Any) -> DeliveryRow:
+        with self.session() as s:
+            row = s.get(DeliveryRow, delivery_id)
+            if row is None:
+                raise KeyError(delivery_id)
+            for k, v in fields.items():
+                setattr(row, k, v.value if isinstance(v, enum.Enum) else v)
+            s.flush()
+            return row
