@@ -26,6 +26,7 @@ from gateway.errors import PermanentError
 from gateway.failpoints import CrashPoints
 from gateway.inference import JobRunner
 from gateway.job import JobPlan, ModelPlan
+from gateway.scheduler import new_owner
 from gateway.study import assembly, routing
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class Pipeline:
         self.dispatch = dispatcher
         self.clock = clock
         self.crash = crash or CrashPoints()
-        self.owner = owner
+        # Every claim carries an owner: a lease without one would be taken back at once.
+        self.owner = owner = owner or new_owner()
         if segmenters is None:
             from gateway.segment import SegmenterCache
 
