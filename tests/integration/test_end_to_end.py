@@ -14,9 +14,10 @@ from pydicom.dataset import Dataset
 
 from gateway.config import load_model
 from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
 from gateway.imaging import read_series, volume_cc
-from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule, wait_for
+from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, rule, wait_for
 
 pytestmark = pytest.mark.integration
 

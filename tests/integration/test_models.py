@@ -17,10 +17,11 @@ import SimpleITK as sitk
 from pydicom import dcmread
 
 from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, make_study, write_dicom_series, write_study
 from gateway.imaging import read_series, volume_cc
-from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule
+from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, rule
 
 pytestmark = pytest.mark.integration
 
