@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from gateway.db.database import Store
 from gateway.demo.launcher import Gateway, free_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,47 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def mr_slice(**attributes: Any) -> Dataset:
+    """One axial MR slice (8 x 8, 16-bit, zero pixels) with fresh valid UIDs, geometry and file
+    meta, no patient data; ``attributes`` (DICOM keywords) override or add."""
+    ds = Dataset()
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [-2.0, -2.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 3.0
+    ds.Rows, ds.Columns = 8, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = bytes(8 * 8 * 2)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.fixture
+def make_mr_slice() -> Any:
+    """:func:`mr_slice` as a fixture: ``make_mr_slice(**attributes)``."""
+    return mr_slice
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Store:
+    """An empty database (SQLite in the test's folder)."""
+    return Store(f"sqlite:///{tmp_path / 'aircon.db'}")
 
 
 @pytest.fixture(scope="session")

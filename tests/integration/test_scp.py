@@ -6,8 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway.config import DestinationConfig, LimitsConfig, PeerConfig, StorageConfig
 from gateway.db.database import Store
@@ -16,25 +14,11 @@ from gateway.dicom.scu import store
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
-from tests.conftest import wait_for
-
-
-def _mr(sop_uid: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid or generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 4, 4, 16, 1
-    ds.PixelData = bytes(4 * 4 * 2)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+from tests.conftest import mr_slice, wait_for
 
 
 @pytest.fixture
-def scp_factory(tmp_path: Path) -> Iterator:
+def scp_factory(db: Store) -> Iterator:
     servers: list[StorageSCP] = []
 
     def make(
@@ -47,7 +31,7 @@ def scp_factory(tmp_path: Path) -> Iterator:
         storage = storage or StorageConfig(min_free_mb=10)
         rx = Receiver(
             Spool(spool_root),
-            Store(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+            db,
             touched.append,
             limits=limits,
             storage=storage,
@@ -68,7 +52,7 @@ def _dest(scp: StorageSCP) -> DestinationConfig:
 
 def test_store_success_is_durable_before_the_response(scp_factory, tmp_path: Path) -> None:
     scp, touched = scp_factory(tmp_path / "spool")
-    ds = _mr()
+    ds = mr_slice()
     assert store(_dest(scp), "SENDER", [ds]) == [0x0000]
     files = list((tmp_path / "spool").rglob("*.dcm"))
     assert [f.name for f in files] == [f"{ds.SOPInstanceUID}.dcm"]
@@ -80,13 +64,13 @@ def test_failed_spool_write_answers_out_of_resources(scp_factory, tmp_path: Path
     blocker.write_text("x")  # the spool root is a file: every write fails with OSError
     scp, touched = scp_factory(blocker)
     with pytest.raises(PeerBusy, match="0xA700"):
-        store(_dest(scp), "SENDER", [_mr()])
+        store(_dest(scp), "SENDER", [mr_slice()])
     assert touched == []
 
 
 def test_uid_with_path_separator_is_refused(scp_factory, tmp_path: Path) -> None:
     scp, _ = scp_factory(tmp_path / "spool")
-    ds = _mr()
+    ds = mr_slice()
     ds.StudyInstanceUID = "1.2.3/../../etc"
     with pytest.raises(DeliveryRejected, match="0xC210"):
         store(_dest(scp), "SENDER", [ds])
@@ -96,7 +80,7 @@ def test_uid_with_path_separator_is_refused(scp_factory, tmp_path: Path) -> None
 def test_unknown_calling_ae_is_rejected_at_association(scp_factory, tmp_path: Path) -> None:
     scp, _ = scp_factory(tmp_path / "spool")
     with pytest.raises(PeerUnavailable, match="rejected"):
-        store(_dest(scp), "STRANGER", [_mr()])
+        store(_dest(scp), "STRANGER", [mr_slice()])
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))
 
 
@@ -106,9 +90,9 @@ def test_peer_pinned_to_another_address_is_rejected(scp_factory, tmp_path: Path)
         PeerConfig(ae_title="FAR", host="10.9.8.7"),
     )
     scp, _ = scp_factory(tmp_path / "spool", peers=peers)
-    assert store(_dest(scp), "SENDER", [_mr()]) == [0]
+    assert store(_dest(scp), "SENDER", [mr_slice()]) == [0]
     with pytest.raises(PeerUnavailable, match="rejected"):
-        store(_dest(scp), "FAR", [_mr()])
+        store(_dest(scp), "FAR", [mr_slice()])
     rows = scp.receiver.store.audit_rows()
     assert {(r["event"], r["outcome"], r["calling_ae"]) for r in rows} >= {
         ("received", "stored", "SENDER"),
@@ -119,15 +103,15 @@ def test_peer_pinned_to_another_address_is_rejected(scp_factory, tmp_path: Path)
 def test_instances_beyond_the_study_limit_get_out_of_resources(scp_factory, tmp_path: Path) -> None:
     limits = LimitsConfig(max_instances_per_study=3)
     scp, _ = scp_factory(tmp_path / "spool", limits=limits)
-    first = _mr()
-    study = [first] + [_mr() for _ in range(4)]
+    first = mr_slice()
+    study = [first] + [mr_slice() for _ in range(4)]
     for ds in study:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
     assert store(_dest(scp), "SENDER", study[:3]) == [0, 0, 0]
     with pytest.raises(PeerBusy, match="0xA700"):
         store(_dest(scp), "SENDER", study[3:])
     assert len(list((tmp_path / "spool").rglob("*.dcm"))) == 3
-    assert store(_dest(scp), "SENDER", [_mr()]) == [0]  # another study is not affected
+    assert store(_dest(scp), "SENDER", [mr_slice()]) == [0]  # another study is not affected
 
 
 def test_disk_guard_refuses_with_out_of_resources_and_says_why(
@@ -135,7 +119,7 @@ def test_disk_guard_refuses_with_out_of_resources_and_says_why(
 ) -> None:
     scp, touched = scp_factory(tmp_path / "spool", storage=StorageConfig(min_free_mb=1e12))
     with pytest.raises(PeerBusy, match="0xA700"):
-        store(_dest(scp), "SENDER", [_mr()])
+        store(_dest(scp), "SENDER", [mr_slice()])
     assert "disk guard" in caplog.text and "min_free_mb" in caplog.text
     assert touched == [] and not list((tmp_path / "spool").rglob("*.dcm"))
     from gateway.dicom.scu import echo
@@ -175,7 +159,7 @@ def test_associations_beyond_the_limit_are_rejected_and_idle_ones_are_closed(
 
     def accepted_again() -> bool:  # the slots free once the aborted associations' threads end
         try:
-            return store(_dest(scp), "SENDER", [_mr()]) == [0]
+            return store(_dest(scp), "SENDER", [mr_slice()]) == [0]
         except PeerUnavailable:
             return False
 
