@@ -62,6 +62,7 @@ def test_echo_success_and_unknown_calling_ae_rejected(make_gateway) -> None:
     assert "Calling AE Title Not Recognized" in bad.stderr or "Calling AE" in bad.stderr
 
 
+@pytest.mark.slow  # TAPS on the whole study: 35-110 s
 def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) -> None:
     """The whole real study in with storescu; the rule picks the T2 axial, the real TAPS model
     runs, and one RTSTRUCT with a plausible prostate on the T2 arrives in Orthanc. (There is no
