@@ -22,12 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve import running_gateway  # noqa: E402
-from gateway.config import load_config  # noqa: E402
-from gateway.db.database import Store  # noqa: E402
+from gateway.demo.launcher import Gateway, free_port, write_config  # noqa: E402
 from gateway.demo.node import ReceivingNode  # noqa: E402
 from gateway.demo.phantom import make_study, write_study  # noqa: E402
-from gateway.demo.run import demo_config, free_port  # noqa: E402
 from gateway.dicom.scu import store  # noqa: E402
 
 
@@ -39,14 +36,16 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aircon-bench-"))
     node = ReceivingNode(work / "planning", port=free_port())
     node.start()
-    port = free_port()
-    cfg_path = demo_config(REPO / "config.yaml", work, port, node.port)
-    text = cfg_path.read_text().replace("series_quiet_s: 10", f"series_quiet_s: {args.quiet_s}")
-    cfg_path.write_text(text)
-    cfg = load_config(cfg_path)
-    with running_gateway(cfg_path, cfg, work) as (_, gw):
+    cfg_path = write_config(
+        work,
+        free_port(),
+        destination_port=node.port,
+        destination_ae=node.ae_title,
+        overrides={"assembly": {"series_quiet_s": args.quiet_s}},
+    )
+    with Gateway(cfg_path, calling_ae="AIRCON") as gateway:
         try:
-            db = Store(cfg.database.url)
+            cfg, gw, db = gateway.cfg, gateway.dest, gateway.store()
             # Warm-up round: the model loads once per process.
             results = []
             for r in range(args.rounds + 1):

@@ -26,17 +26,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve import running_gateway  # noqa: E402
-from gateway.config import DestinationConfig, load_config  # noqa: E402
-from gateway.db.database import Store  # noqa: E402
+from gateway.config import DestinationConfig  # noqa: E402
+from gateway.demo.launcher import Gateway, free_port, write_config  # noqa: E402
 from gateway.demo.node import ReceivingNode  # noqa: E402
 from gateway.demo.phantom import make_phantom, write_dicom_series  # noqa: E402
-from gateway.demo.run import demo_config, free_port  # noqa: E402
 from gateway.dicom.scu import echo, store  # noqa: E402
 from tests.corpus.generate import generate  # noqa: E402
 from tests.corpus.replay import SENDERS, raw_sending  # noqa: E402
@@ -100,16 +96,20 @@ def main() -> int:
     node = ReceivingNode(work / "planning", port=free_port())
     node.start()
     port = free_port()
-    cfg_path = demo_config(REPO / "config.yaml", work, port, node.port)
-    raw = yaml.safe_load(cfg_path.read_text())
-    raw["rules"] = []
-    raw["limits"] = {"idle_timeout_s": 5, "max_associations": 128}
-    raw["storage"] = {"min_free_mb": 100}
-    cfg_path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(cfg_path)
-    with running_gateway(cfg_path, cfg, work) as (proc, gw):
+    cfg_path = write_config(
+        work,
+        port,
+        destination_port=node.port,
+        destination_ae=node.ae_title,
+        overrides={
+            "rules": [],
+            "limits": {"idle_timeout_s": 5, "max_associations": 128},
+            "storage": {"min_free_mb": 100},
+        },
+    )
+    with Gateway(cfg_path, calling_ae="AIRCON") as gateway:
         try:
-            db = Store(cfg.database.url)
+            gw, db = gateway.dest, gateway.store()
 
             def stored() -> int:  # C-STOREs answered success, all senders (a resend counts again)
                 rows = db.audit_rows()
@@ -154,7 +154,7 @@ def main() -> int:
                 f"ratio (under attack / quiet): C-ECHO round trip x{hostile_rtt / quiet_rtt:.2f}, "
                 f"C-STORE rate x{hostile_rate / quiet_rate:.2f}"
             )
-            if proc.poll() is not None:
+            if not gateway.running:
                 raise SystemExit("the gateway died under the corpus")
         finally:
             node.stop()

@@ -32,7 +32,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 
 from gateway.config import parse_config
 from gateway.db.database import Store
-from gateway.demo.run import free_port
+from gateway.demo.launcher import free_port
 from gateway.dicom.scp import StorageSCP
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from gateway.demo.run import free_port
+from gateway.db.database import Store
+from gateway.demo.launcher import Gateway, free_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -46,6 +46,47 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def mr_slice(**attributes: Any) -> Dataset:
+    """One axial MR slice (8 x 8, 16-bit, zero pixels) with fresh valid UIDs, geometry and file
+    meta, no patient data; ``attributes`` (DICOM keywords) override or add."""
+    ds = Dataset()
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [-2.0, -2.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 3.0
+    ds.Rows, ds.Columns = 8, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = bytes(8 * 8 * 2)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.fixture
+def make_mr_slice() -> Any:
+    """:func:`mr_slice` as a fixture: ``make_mr_slice(**attributes)``."""
+    return mr_slice
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Store:
+    """An empty database (SQLite in the test's folder)."""
+    return Store(f"sqlite:///{tmp_path / 'aircon.db'}")
 
 
 @pytest.fixture(scope="session")
@@ -141,61 +182,12 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The gateway as a subprocess
+# The gateway as a subprocess (gateway.demo.launcher), with what the tests ask of it
 
 
-@dataclass
-class GatewayProcess:
-    config_path: Path
-    port: int
-    work: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def cfg(self) -> Any:
-        from gateway.config import load_config
-
-        return load_config(self.config_path)
-
-    def start(self, timeout: float = 90) -> None:
-        log = (self.work / "gateway.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(self.config_path), "serve"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.work,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited: {self.log()[-3000:]}")
-            r = subprocess.run(
-                ["echoscu", "-aet", "STORESCU", "-aec", "AIRCON", "127.0.0.1", str(self.port)],
-                capture_output=True,
-                env=dcmtk_env(),
-            )
-            return r.returncode == 0
-
-        wait_for(answers, timeout, interval=0.5, what="the gateway to answer C-ECHO")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return (self.work / "gateway.log").read_text(errors="replace")
-
-    def store(self) -> Any:
-        from gateway.db.database import Store
-
-        return Store(self.cfg.database.url)
+class GatewayProcess(Gateway):
+    """:class:`Gateway` plus dcmtk ``storescu`` towards it and its jobs as ``aircon jobs``
+    describes them."""
 
     def storescu(
         self, path: Path, calling_ae: str = "STORESCU"
@@ -239,37 +231,30 @@ def rule(name: str, models: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-def write_gateway_config(work: Path, destination_port: int, **overrides: Any) -> Path:
-    raw = yaml.safe_load((REPO / "config.yaml").read_text())
-    raw["listen"] = {"host": "127.0.0.1", "port": overrides.pop("port")}
-    raw["paths"] = {
-        "spool": str(work / "spool"),
-        "output": str(work / "rtstruct"),
-        "models": str(REPO / "models"),
-    }
-    raw["database"] = {"url": f"sqlite:///{work / 'aircon.db'}"}
-    raw["queue"] = {"backend": "sqlite", "path": str(work / "queue.db"), "workers": 2}
-    raw["storage"] = {"min_free_mb": 100}
-    raw["destinations"]["planning"]["port"] = destination_port
-    for key, value in overrides.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+# The tests' defaults on top of the embedded config: a quiet time short enough for tests, the
+# pelvis-demo model for any MR study, and a disk guard small enough for a CI machine.
+TEST_OVERRIDES: dict[str, Any] = {
+    "assembly": {"series_quiet_s": 2, "study_timeout_s": 300},
+    "rules": [rule("pelvis-mr", ["pelvis-demo"])],
+    "storage": {"min_free_mb": 100},
+}
 
 
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Any]:
+    """``factory(destination_port, **sections)``: a gateway (not started) on the embedded config
+    with :data:`TEST_OVERRIDES`, then ``sections``, its destinations at ``destination_port``."""
     started: list[GatewayProcess] = []
 
     def factory(destination_port: int, **overrides: Any) -> GatewayProcess:
         work = tmp_path / f"gw{len(started)}"
-        work.mkdir()
-        port = free_port()
-        overrides.setdefault("assembly", {"series_quiet_s": 2, "study_timeout_s": 300})
-        overrides.setdefault("rules", [rule("pelvis-mr", ["pelvis-demo"])])
-        cfg = write_gateway_config(work, destination_port, port=port, **overrides)
-        gw = GatewayProcess(cfg, port, work)
+        cfg = write_config(
+            work,
+            free_port(),
+            destination_port=destination_port,
+            overrides={**TEST_OVERRIDES, **overrides},
+        )
+        gw = GatewayProcess(cfg)
         started.append(gw)
         return gw
 

@@ -22,12 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from gateway.demo.launcher import Gateway, free_port, write_config
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -51,58 +46,6 @@ PROSTATEX_SHARED = REPO.parent / "shared" / "data" / "prostatex" / "ProstateX-00
 PROSTATEX_BUNDLED = REPO / "demo-data" / "ProstateX-0000-T2"
 PROSTATEX_LABEL = "ProstateX-0000 (TCIA)"
 _MODEL_DISPLAY = {"taps": "TAPS"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def demo_config(cfg_path: Path, work: Path, gateway_port: int, node_port: int) -> Path:
-    """The embedded config with loopback ports, working folders under ``work`` and the
-    destination pointed at the demo's receiving node."""
-    raw: dict[str, Any] = yaml.safe_load(cfg_path.read_text()) or {}
-    base = cfg_path.resolve().parent
-    models = Path(raw.get("paths", {}).get("models", "models"))
-    raw["listen"] = {"host": "127.0.0.1", "port": gateway_port}
-    raw["paths"] = {
-        "spool": str(work / "spool"),
-        "output": str(work / "rtstruct"),
-        "models": str(models if models.is_absolute() else base / models),
-    }
-    raw["database"] = {"url": f"sqlite:///{work / 'aircon.db'}"}
-    raw["queue"] = {**raw.get("queue", {}), "backend": "sqlite", "path": str(work / "queue.db")}
-    peers = raw.get("peers", [])
-    if not any(p.get("ae_title") == DEMO_CALLING_AE for p in peers):
-        peers.append({"ae_title": DEMO_CALLING_AE})
-    raw["peers"] = peers
-    raw["destinations"] = {
-        name: {"ae_title": "PLANNING", "host": "127.0.0.1", "port": node_port}
-        for name in (raw.get("destinations") or {"planning": None})
-    }
-    out = work / "config.yaml"
-    out.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return out
-
-
-def _wait_echo(dest: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until the gateway accepts TCP connections, then until it answers C-ECHO."""
-    from gateway.dicom.scu import echo
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise GatewayError(f"the gateway exited early with status {proc.returncode}")
-        try:
-            socket.create_connection((dest.host, dest.port), timeout=1).close()
-        except OSError:
-            time.sleep(0.2)
-            continue
-        if echo(dest, DEMO_CALLING_AE, timeout=5).ok:
-            return
-        time.sleep(0.3)
-    raise GatewayError("the gateway did not answer C-ECHO in time")
 
 
 def _png(
@@ -218,25 +161,26 @@ def _real_source(study: Path | None) -> _Source:
 class _Loopback:
     work: Path
     cfg: Any
-    gateway: Any
+    gateway: Gateway
     node: Any
-    proc: subprocess.Popen[bytes]
     db: Any
     t_start: float
 
     def send(self, files: Sequence[Path]) -> None:
         from gateway.dicom.scu import store
 
-        store(self.gateway, DEMO_CALLING_AE, list(files), timeout=60)
+        store(self.gateway.dest, DEMO_CALLING_AE, list(files), timeout=60)
 
     def wait_rtstruct(self, timeout: float) -> Path:
         """The first RTSTRUCT the planning system received; fails early when every job failed
         or the gateway exited."""
         deadline = time.monotonic() + timeout
         next_check = 0.0
+        proc = self.gateway.proc
+        assert proc is not None
         while not self.node.files():
-            if self.proc.poll() is not None:
-                raise GatewayError(f"the gateway exited with status {self.proc.returncode}")
+            if proc.poll() is not None:
+                raise GatewayError(f"the gateway exited with status {proc.returncode}")
             now = time.monotonic()
             if now > deadline:
                 raise GatewayError(
@@ -250,7 +194,6 @@ class _Loopback:
                     j = jobs[0]
                     raise GatewayError(f"job {j.id} (rule {j.rule}) failed: {j.reason}")
             time.sleep(0.2)
-        time.sleep(0.5)  # let the gateway record the delivery
         return self.node.files()[0]
 
     def finished_job(self, timeout: float = 20.0) -> Any:
@@ -265,38 +208,28 @@ class _Loopback:
 
 @contextmanager
 def _loopback(cfg_path: Path, work: Path) -> Iterator[_Loopback]:
-    from gateway.config import DestinationConfig, load_config
-    from gateway.db.database import Store
     from gateway.demo.node import ReceivingNode
 
     node = ReceivingNode(work / "planning", ae_title="PLANNING", port=free_port())
-    gw_port = free_port()
-    demo_cfg_path = demo_config(cfg_path, work, gw_port, node.port)
-    cfg = load_config(demo_cfg_path)  # fails here, before starting anything, when invalid
+    gateway = Gateway(
+        write_config(
+            work,
+            free_port(),
+            source=cfg_path,
+            destination_port=node.port,
+            destination_ae=node.ae_title,
+            peer=DEMO_CALLING_AE,
+        ),
+        calling_ae=DEMO_CALLING_AE,
+    )
+    cfg = gateway.cfg  # fails here, before starting anything, when invalid
     node.start()
-    log_file = (work / "gateway.log").open("wb")
-    proc: subprocess.Popen[bytes] | None = None
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(demo_cfg_path), "serve"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
         t_start = time.monotonic()
-        gateway = DestinationConfig(ae_title=cfg.ae_title, host="127.0.0.1", port=gw_port)
-        _wait_echo(gateway, 120, proc)
-        yield _Loopback(work, cfg, gateway, node, proc, Store(cfg.database.url), t_start)
+        with gateway:
+            yield _Loopback(work, cfg, gateway, node, gateway.store(), t_start)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         node.stop()
-        log_file.close()
 
 
 # ---------------------------------------------------------------------------------------------

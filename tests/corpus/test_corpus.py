@@ -162,6 +162,7 @@ def test_manifest_lists_every_file_and_an_outcome(corpus: Path) -> None:
         assert (case.send in ("tcp-idle", "association-idle")) == (not case.files), case.name
 
 
+@pytest.mark.slow  # 55 cases against a real gateway
 def test_corpus_against_the_gateway(
     corpus: Path,
     make_gateway: Any,

@@ -52,9 +52,9 @@ from pydicom.uid import generate_uid
 from gateway.config import CRASH_POINTS
 from gateway.db.database import Store
 from gateway.db.records import TERMINAL, DeliveryState, JobState
+from gateway.demo.launcher import Gateway, GatewayNotStarted, free_port, write_config
 from gateway.demo.node import ReceivingNode
-from gateway.demo.run import free_port
-from tests.conftest import REPO, GatewayProcess, dcmtk_env, rule, write_gateway_config
+from tests.conftest import REPO, dcmtk_env, rule
 
 # Kills from outside the gateway process.
 EXTERNAL = (
@@ -127,6 +127,7 @@ def gateway_overrides(models: Path, model: str) -> dict[str, Any]:
         "paths": {"models": str(models)},
         "segmentation": {"device": "cpu"},  # 'auto' would import torch to ask for CUDA
         "rules": [rule(RULE, [model])],
+        "storage": {"min_free_mb": 100},
     }
 
 
@@ -388,10 +389,9 @@ class CrashHarness:
         batch = [clone_study(self.template, work / "send" / f"study{i}") for i in range(studies)]
         node = ReceivingNode(work / "planning", ae_title="ORTHANC", port=free_port())
         node.start()
-        port = free_port()
         overrides = gateway_overrides(self.models, model or self.model)
-        gw = GatewayProcess(
-            write_gateway_config(work, node.port, port=port, **overrides), port, work
+        gw = Gateway(
+            write_config(work, free_port(), destination_port=node.port, overrides=overrides)
         )
         spool, quiet = gw.cfg.paths.spool, gw.cfg.assembly.series_quiet_s
         acked: set[str] = set()
@@ -449,7 +449,7 @@ class CrashHarness:
 
     def _crash(
         self,
-        gw: GatewayProcess,
+        gw: Gateway,
         node: ReceivingNode,
         to_send: Sequence[Study],
         batch: Sequence[Study],
@@ -566,7 +566,7 @@ class CrashHarness:
 
     def _kill_in_inference(
         self,
-        gw: GatewayProcess,
+        gw: Gateway,
         n: int,
         stop: threading.Event,
         kill: Callable[[str], None],
@@ -607,7 +607,7 @@ class CrashHarness:
         return acked
 
     def _settle(
-        self, gw: GatewayProcess, quiet: float, batch: Sequence[Study], result: TrialResult
+        self, gw: Gateway, quiet: float, batch: Sequence[Study], result: TrialResult
     ) -> None:
         """Wait until every study's work is finished: its latest job terminal, with its inputs
         fixed after the last instance arrived, and the quiet time past."""
@@ -628,7 +628,7 @@ class CrashHarness:
 
     def _check_kept(
         self,
-        gw: GatewayProcess,
+        gw: Gateway,
         spool: Path,
         batch: Sequence[Study],
         acked: set[str],
@@ -654,7 +654,7 @@ class CrashHarness:
                     result.notes.append(f"{uid} ({study.folder.name}): {problem} {when}")
 
     def _check_delivered(
-        self, gw: GatewayProcess, node: ReceivingNode, batch: Sequence[Study], result: TrialResult
+        self, gw: Gateway, node: ReceivingNode, batch: Sequence[Study], result: TrialResult
     ) -> None:
         """(b) the latest job done and delivered; (c) one RTSTRUCT UID per study at the node."""
         st = gw.store()
@@ -748,23 +748,22 @@ def _spool_problem(path: Path, source: Path) -> str | None:
     return None
 
 
-def _start(gw: GatewayProcess) -> bool:
+def _start(gw: Gateway) -> bool:
     """Start the gateway; False when it was SIGKILLed before it answered C-ECHO."""
     try:
         gw.start()
-    except AssertionError:
-        if gw.proc is not None and gw.proc.poll() == -signal.SIGKILL:
+    except GatewayNotStarted as exc:
+        if exc.returncode == -signal.SIGKILL:
             return False
         raise
     return True
 
 
-def _log_size(gw: GatewayProcess) -> int:
-    path = gw.work / "gateway.log"
-    return len(gw.log()) if path.exists() else 0
+def _log_size(gw: Gateway) -> int:
+    return len(gw.log())
 
 
-def _crash_logged(gw: GatewayProcess, fault: Fault, since: int) -> bool:
+def _crash_logged(gw: Gateway, fault: Fault, since: int) -> bool:
     """Whether the gateway logged reaching the crash point after ``since`` (a log offset)."""
     return f"crash point {fault.where} reached: SIGKILL" in gw.log()[since:]
 
@@ -778,7 +777,7 @@ def _arm(config_path: Path, fault: Fault | None) -> None:
     config_path.write_text(yaml.safe_dump(raw))
 
 
-def _scan_log(gw: GatewayProcess, result: TrialResult) -> None:
+def _scan_log(gw: Gateway, result: TrialResult) -> None:
     """Tracebacks and errors in the gateway log are worth a note (not a verdict)."""
     for line in gw.log().splitlines():
         if "Traceback" in line or " ERROR " in line or "internal error" in line:

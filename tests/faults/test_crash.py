@@ -79,6 +79,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashHarness]:
     yield CrashHarness(root, write_template(root / "template"))
 
 
+@pytest.mark.slow  # 8-30 s a trial (two or three gateway starts), 17 trials
 @pytest.mark.parametrize("trial", TRIALS, ids=[t.name for t in TRIALS])
 def test_crash_trial(harness: CrashHarness, trial: Trial) -> None:
     result = harness.run(

@@ -21,7 +21,7 @@ from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~35 s: retries against a hanging node
 
 
 def _study(root: Path, seed: int) -> Path:

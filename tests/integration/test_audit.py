@@ -43,7 +43,7 @@ def test_audit_trail_without_patient_data_and_retention(make_gateway, tmp_path: 
             # Retention 10 s (as days), checked every second: delivered studies go quickly.
             storage={"min_free_mb": 100, "retention_days": 10 / 86400, "purge_interval_s": 1},
         )
-        # Keep the spool/output layout write_gateway_config chose, add the log file.
+        # Keep the spool/output layout write_config chose, add the log file.
         gw.start()
         kept = tmp_path / "kept"
         purged = tmp_path / "purged"

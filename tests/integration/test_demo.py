@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PROSTATEX, REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # TAPS on ProstateX; 4 series, 2 models
 
 DEMO_TIMEOUT_S = 900
 

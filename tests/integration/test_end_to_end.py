@@ -13,10 +13,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
 from gateway.imaging import read_series, volume_cc
 from gateway.segment.registry import load_model
-from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule, wait_for
+from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, rule, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,7 @@ def test_echo_success_and_unknown_calling_ae_rejected(make_gateway) -> None:
     assert "Calling AE Title Not Recognized" in bad.stderr or "Calling AE" in bad.stderr
 
 
+@pytest.mark.slow  # TAPS on the whole study: 35-110 s
 def test_prostatex_study_to_orthanc(make_gateway, orthanc, prostatex, tmp_path) -> None:
     """The whole real study in with storescu; the rule picks the T2 axial, the real TAPS model
     runs, and one RTSTRUCT with a plausible prostate on the T2 arrives in Orthanc. (There is no

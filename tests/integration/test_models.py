@@ -17,10 +17,11 @@ import SimpleITK as sitk
 from pydicom import dcmread
 
 from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, make_study, write_dicom_series, write_study
 from gateway.imaging import read_series, volume_cc
-from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, free_port, rule
+from tests.conftest import PROSTATEX_T2, REPO, dcmtk_env, rule
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,7 @@ def _rt_for(node: ReceivingNode, study_uid: str) -> Any:
     return matching[0]
 
 
+@pytest.mark.slow  # ~50 s: two studies, two nnU-Net models
 @pytest.mark.skipif(not (DIXON / "model.yaml").is_file(), reason="pelvis-dixon-demo not trained")
 def test_four_series_study_and_a_study_without_dixon(make_gateway, node, tmp_path) -> None:
     """Four series in random order over two associations -> the two-channel model runs on T2 +
@@ -201,6 +203,7 @@ def test_failing_external_models_fail_their_jobs_and_the_gateway_keeps_serving(
     assert equipment == {"py-threshold"}
 
 
+@pytest.mark.slow  # ~45 s: TAPS on the ProstateX T2
 @pytest.mark.skipif(not PROSTATEX_T2.is_dir(), reason="ProstateX data not available")
 def test_pelvis_demo_and_taps_merge_into_one_structure_set(
     make_gateway, node, prostatex, tmp_path

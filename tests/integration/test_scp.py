@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from gateway.config import DestinationConfig, LimitsConfig, PeerConfig, StorageConfig
 from gateway.db.database import Store
@@ -17,25 +16,11 @@ from gateway.dicom.scu import store
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
-from tests.conftest import wait_for
-
-
-def _mr(sop_uid: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid or generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 4, 4, 16, 1
-    ds.PixelData = bytes(4 * 4 * 2)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+from tests.conftest import mr_slice, wait_for
 
 
 @pytest.fixture
-def scp_factory(tmp_path: Path) -> Iterator:
+def scp_factory(db: Store) -> Iterator:
     servers: list[StorageSCP] = []
 
     def make(
@@ -45,7 +30,6 @@ def scp_factory(tmp_path: Path) -> Iterator:
         storage: StorageConfig | None = None,
     ) -> tuple[StorageSCP, Callable[[], list[str]]]:
         storage = storage or StorageConfig(min_free_mb=10)
-        db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
         rx = Receiver(Spool(spool_root), db, limits=limits, storage=storage)
 
         def touched(wait_s: float = 3.0) -> list[str]:
@@ -73,7 +57,7 @@ def _dest(scp: StorageSCP) -> DestinationConfig:
 
 def test_store_success_is_durable_before_the_response(scp_factory, tmp_path: Path) -> None:
     scp, touched = scp_factory(tmp_path / "spool")
-    ds = _mr()
+    ds = mr_slice()
     assert store(_dest(scp), "SENDER", [ds]) == [0x0000]
     files = list((tmp_path / "spool").rglob("*.dcm"))
     assert [f.name for f in files] == [f"{ds.SOPInstanceUID}.dcm"]
@@ -85,13 +69,13 @@ def test_failed_spool_write_answers_out_of_resources(scp_factory, tmp_path: Path
     blocker.write_text("x")  # the spool root is a file: every write fails with OSError
     scp, touched = scp_factory(blocker)
     with pytest.raises(PeerBusy, match="0xA700"):
-        store(_dest(scp), "SENDER", [_mr()])
+        store(_dest(scp), "SENDER", [mr_slice()])
     assert touched(wait_s=0.5) == []
 
 
 def test_uid_with_path_separator_is_refused(scp_factory, tmp_path: Path) -> None:
     scp, _ = scp_factory(tmp_path / "spool")
-    ds = _mr()
+    ds = mr_slice()
     ds.StudyInstanceUID = "1.2.3/../../etc"
     with pytest.raises(DeliveryRejected, match="0xC210"):
         store(_dest(scp), "SENDER", [ds])
@@ -101,7 +85,7 @@ def test_uid_with_path_separator_is_refused(scp_factory, tmp_path: Path) -> None
 def test_unknown_calling_ae_is_rejected_at_association(scp_factory, tmp_path: Path) -> None:
     scp, _ = scp_factory(tmp_path / "spool")
     with pytest.raises(PeerUnavailable, match="rejected"):
-        store(_dest(scp), "STRANGER", [_mr()])
+        store(_dest(scp), "STRANGER", [mr_slice()])
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))
 
 
@@ -111,9 +95,9 @@ def test_peer_pinned_to_another_address_is_rejected(scp_factory, tmp_path: Path)
         PeerConfig(ae_title="FAR", host="10.9.8.7"),
     )
     scp, _ = scp_factory(tmp_path / "spool", peers=peers)
-    assert store(_dest(scp), "SENDER", [_mr()]) == [0]
+    assert store(_dest(scp), "SENDER", [mr_slice()]) == [0]
     with pytest.raises(PeerUnavailable, match="rejected"):
-        store(_dest(scp), "FAR", [_mr()])
+        store(_dest(scp), "FAR", [mr_slice()])
     rows = scp.receiver.store.audit_rows()
     assert {(r["event"], r["outcome"], r["calling_ae"]) for r in rows} >= {
         ("received", "stored", "SENDER"),
@@ -124,15 +108,15 @@ def test_peer_pinned_to_another_address_is_rejected(scp_factory, tmp_path: Path)
 def test_instances_beyond_the_study_limit_get_out_of_resources(scp_factory, tmp_path: Path) -> None:
     limits = LimitsConfig(max_instances_per_study=3)
     scp, _ = scp_factory(tmp_path / "spool", limits=limits)
-    first = _mr()
-    study = [first] + [_mr() for _ in range(4)]
+    first = mr_slice()
+    study = [first] + [mr_slice() for _ in range(4)]
     for ds in study:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
     assert store(_dest(scp), "SENDER", study[:3]) == [0, 0, 0]
     with pytest.raises(PeerBusy, match="0xA700"):
         store(_dest(scp), "SENDER", study[3:])
     assert len(list((tmp_path / "spool").rglob("*.dcm"))) == 3
-    assert store(_dest(scp), "SENDER", [_mr()]) == [0]  # another study is not affected
+    assert store(_dest(scp), "SENDER", [mr_slice()]) == [0]  # another study is not affected
 
 
 def test_a_uid_reused_by_another_study_is_refused_with_a_named_status_and_audited(
@@ -141,10 +125,10 @@ def test_a_uid_reused_by_another_study_is_refused_with_a_named_status_and_audite
     from pynetdicom import AE
 
     scp, _ = scp_factory(tmp_path / "spool")
-    first = _mr()
+    first = mr_slice()
     assert store(_dest(scp), "SENDER", [first]) == [0]
-    same_sop = _mr(first.SOPInstanceUID)  # another study, another series
-    same_series = _mr()
+    same_sop = mr_slice(SOPInstanceUID=first.SOPInstanceUID)  # another study, another series
+    same_series = mr_slice()
     same_series.SeriesInstanceUID = first.SeriesInstanceUID  # another study
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
@@ -175,7 +159,7 @@ def test_disk_guard_refuses_with_out_of_resources_and_says_why(
 ) -> None:
     scp, touched = scp_factory(tmp_path / "spool", storage=StorageConfig(min_free_mb=1e12))
     with pytest.raises(PeerBusy, match="0xA700"):
-        store(_dest(scp), "SENDER", [_mr()])
+        store(_dest(scp), "SENDER", [mr_slice()])
     assert "disk guard" in caplog.text and "min_free_mb" in caplog.text
     assert touched(wait_s=0.5) == [] and not list((tmp_path / "spool").rglob("*.dcm"))
     from gateway.dicom.scu import echo
@@ -203,8 +187,8 @@ def test_associations_beyond_the_limit_are_rejected_and_idle_ones_are_closed(
     # never send anything: all closed by the gateway after the idle timeout.
     raw = socket.create_connection(("127.0.0.1", scp.port), timeout=30)
     deadline = time.monotonic() + 20
-    while any(a.is_alive() for a in established) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    for a in established:  # an association's thread ends when the gateway aborts it
+        a.join(max(0.0, deadline - time.monotonic()))
     assert not any(a.is_established for a in established)
     raw.settimeout(20)  # recv() raises TimeoutError if the gateway keeps it open
     t0 = time.monotonic()
@@ -215,7 +199,7 @@ def test_associations_beyond_the_limit_are_rejected_and_idle_ones_are_closed(
 
     def accepted_again() -> bool:  # the slots free once the aborted associations' threads end
         try:
-            return store(_dest(scp), "SENDER", [_mr()]) == [0]
+            return store(_dest(scp), "SENDER", [mr_slice()]) == [0]
         except PeerUnavailable:
             return False
 

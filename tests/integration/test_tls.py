@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ import pytest
 import yaml
 from pydicom import dcmread
 
+from gateway.demo.launcher import free_port, write_config
 from gateway.demo.phantom import SeriesInfo, make_phantom, write_dicom_series
-from tests.conftest import GatewayProcess, dcmtk_env, free_port, wait_for, write_gateway_config
+from tests.conftest import GatewayProcess, dcmtk_env, wait_for
 from tests.tls_certs import Authority, CertKey, Pki, make_pki, openssl_available
 
 pytestmark = pytest.mark.integration
@@ -101,9 +101,10 @@ def _out(r: subprocess.CompletedProcess[str]) -> str:
 # The gateway with a TLS listener
 
 
-@dataclass
 class TlsGateway(GatewayProcess):
-    tls_port: int = 0
+    def __init__(self, config_path: Path, tls_port: int):
+        super().__init__(config_path)
+        self.tls_port = tls_port
 
 
 def _spooled(gw: GatewayProcess) -> set[str]:
@@ -135,11 +136,12 @@ def tls_gateway(tmp_path: Path, pki: Pki) -> Iterator[Any]:
                 }
             },
             "rules": [],
+            "storage": {"min_free_mb": 100},
         }
         if peers is not None:
             overrides["peers"] = peers
-        cfg = write_gateway_config(work, free_port(), port=port, **overrides)
-        gw = TlsGateway(cfg, port, work, tls_port=tls_port)
+        cfg = write_config(work, port, destination_port=free_port(), overrides=overrides)
+        gw = TlsGateway(cfg, tls_port)
         started.append(gw)
         gw.start(timeout=180)  # answers C-ECHO on the plain port from STORESCU
         good = _tls_args(pki.good.client, pki.good.ca.cert)
@@ -297,8 +299,14 @@ def _cli_config(work: Path, node: TlsStoreSCP, tls: dict[str, str] | None) -> Pa
     planning: dict[str, Any] = {"ae_title": node.ae_title, "host": "127.0.0.1", "port": node.port}
     if tls is not None:
         planning["tls"] = tls
-    path = write_gateway_config(
-        work, node.port, port=free_port(), destinations={"planning": planning}, rules=[]
+    path = write_config(
+        work,
+        free_port(),
+        overrides={
+            "destinations": {"planning": planning},
+            "rules": [],
+            "storage": {"min_free_mb": 100},
+        },
     )
     assert yaml.safe_load(path.read_text())["destinations"]["planning"] == planning
     return path

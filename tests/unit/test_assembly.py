@@ -254,11 +254,9 @@ def test_a_study_whose_association_was_cut_off_waits_for_the_sender() -> None:
     assert isinstance(decide_at(m, cut, 1000.5 + CFG.interrupted_wait_s), Ready)
 
 
-def test_association_end_and_restart_mark_studies_interrupted(tmp_path) -> None:  # noqa: ANN001
-    from gateway.db.database import Store
+def test_association_end_and_restart_mark_studies_interrupted(db) -> None:  # noqa: ANN001
     from gateway.db.records import InstanceRecord
 
-    db = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     for uid in ("1.2.1", "1.2.2", "1.2.3"):
         db.record_instance(
             InstanceRecord(uid, uid + ".1", uid + ".1.1", "1.2.840.10008.5.1.4.1.1.4", "p", {}, {}),
