@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.records import DeliveryState
 from gateway.db.tables import DeliveryRow, JobRow
-from gateway.db.work import UNFINISHED_DELIVERY, _audit, _settle
+from gateway.db.work import UNFINISHED_DELIVERY, _audit, _settle, open_deliveries
 
 
 class DeliveryQueries:
@@ -23,20 +23,7 @@ class DeliveryQueries:
 
     def create_deliveries(self, job_id: int, destinations: Sequence[str]) -> list[int]:
         with self.session() as s:
-            ids = []
-            for dest in destinations:
-                row = DeliveryRow(
-                    job_id=job_id,
-                    destination=dest,
-                    state=DeliveryState.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=0.0,
-                    last_status="",
-                )
-                s.add(row)
-                s.flush()
-                ids.append(row.id)
-            return ids
+            return open_deliveries(s, job_id, destinations)
 
     def claim_delivery(
         self, delivery_id: int, now: float, owner: str = "", lease_s: float = 3600.0

@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.records import JobState, SeriesInfo, SliceGeometry, StudyInfo, StudyTimes
 from gateway.db.tables import InstanceRow, JobRow, SeriesRow, StudyRow
+from gateway.db.work import recheck_by
 
 
 class StudyQueries:
@@ -24,14 +25,7 @@ class StudyQueries:
     def schedule_check(self, study_uid: str, at: float) -> None:
         """Check the study at ``at`` or earlier (an earlier pending check is kept)."""
         with self.session() as s:
-            s.execute(
-                update(StudyRow)
-                .where(
-                    StudyRow.study_uid == study_uid,
-                    or_(StudyRow.recheck_at.is_(None), StudyRow.recheck_at > at),
-                )
-                .values(recheck_at=at)
-            )
+            recheck_by(s, study_uid, at)
 
     def due_checks(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
         with self.session() as s:

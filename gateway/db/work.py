@@ -187,26 +187,7 @@ class WorkQueries:
                     "lease_expires_at": None,
                 },
             )
-            existing = {
-                d.destination: d.id
-                for d in s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id))
-            }
-            ids = []
-            for dest in destinations:
-                if dest not in existing:
-                    row = DeliveryRow(
-                        job_id=job_id,
-                        destination=dest,
-                        state=DeliveryState.PENDING.value,
-                        attempts=0,
-                        next_attempt_at=0.0,
-                        last_status="",
-                    )
-                    s.add(row)
-                    s.flush()
-                    existing[dest] = row.id
-                ids.append(existing[dest])
-            return ids
+            return open_deliveries(s, job_id, destinations)
 
     def fail_job(
         self, job_id: int, reason: str, now: float, outcome: JobOutcome | None = None
@@ -222,7 +203,7 @@ class WorkQueries:
                 raise KeyError(job_id)
             _apply(job, JobState.FAILED, reason, "failed", now, fields)
             _audit_job(s, job, "failed", reason, now)
-            _recheck_now(s, job.study_uid, now)
+            recheck_by(s, job.study_uid, now)
             return job
 
     def renew_leases(self, owner: str, now: float, lease_s: float) -> None:
@@ -294,14 +275,37 @@ def _apply(
         setattr(job, k, v)
 
 
-def _recheck_now(s: Session, study_uid: str, now: float) -> None:
+def open_deliveries(s: Session, job_id: int, destinations: Sequence[str]) -> list[int]:
+    """A pending delivery per destination (the existing one where the job has it); ids."""
+    existing = {
+        d.destination: d.id
+        for d in s.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id))
+    }
+    for dest in destinations:
+        if dest not in existing:
+            row = DeliveryRow(
+                job_id=job_id,
+                destination=dest,
+                state=DeliveryState.PENDING.value,
+                attempts=0,
+                next_attempt_at=0.0,
+                last_status="",
+            )
+            s.add(row)
+            s.flush()
+            existing[dest] = row.id
+    return [existing[d] for d in destinations]
+
+
+def recheck_by(s: Session, study_uid: str, at: float) -> None:
+    """The study's next check at ``at`` or earlier (an earlier pending check is kept)."""
     s.execute(
         update(StudyRow)
         .where(
             StudyRow.study_uid == study_uid,
-            or_(StudyRow.recheck_at.is_(None), StudyRow.recheck_at > now),
+            or_(StudyRow.recheck_at.is_(None), StudyRow.recheck_at > at),
         )
-        .values(recheck_at=now)
+        .values(recheck_at=at)
     )
 
 
@@ -326,7 +330,7 @@ def _settle(s: Session, job: JobRow, now: float) -> None:
         reason = "delivery failed: " + "; ".join(failed)
         _apply(job, JobState.FAILED, reason, "failed", now, {})
         _audit_job(s, job, "failed", reason, now)
-    _recheck_now(s, job.study_uid, now)
+    recheck_by(s, job.study_uid, now)
 
 
 def _audit_job(s: Session, job: JobRow, outcome: str, detail: str, now: float) -> None:

@@ -251,15 +251,25 @@ def test_instances_received_after_the_job_opened_but_before_it_was_ready_open_no
     assert [j.id for j in store.jobs_for(STUDY, "mr")] == [job.id]
 
 
-def test_study_without_matching_rule_opens_no_job(
-    pipeline: Pipeline, store: Store, dispatcher: RecordingDispatcher, clock: Clock
+def test_study_without_matching_rule_opens_no_job_and_says_why_once(
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     receive(store, [0.0, 3.0], at=T0, modality="CT")
     clock.t = T0 + 100
-    pipeline.check_study(STUDY)
+    with caplog.at_level("INFO", logger="gateway.pipeline"):
+        pipeline.check_study(STUDY)
+        pipeline.check_study(STUDY)  # checked again: the reason is not logged again
     pipeline.check_study("1.2.3.4.5")  # unknown study
     assert store.jobs_for(STUDY, "mr") == []
     assert dispatcher == RecordingDispatcher()
+    [study] = store.list_studies()
+    assert study["reason"].startswith("no rule matches: rule mr: Modality")
+    assert "'CT'" in study["reason"]
+    assert sum("no rule matches" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_study_that_never_completes_fails_after_the_timeout(
