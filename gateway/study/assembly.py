@@ -1,8 +1,9 @@
 """Assembly (pure): are a study's inputs ready for a rule's models, and if not, why not and until
 when?
 
-A model is ready when every input channel has a matching series, each such series has been quiet
-(no new instance) for ``series_quiet_s``, its slices form one consistent volume, all channels
+A model is ready when no association is still sending the study, every input channel has a
+matching series, each such series has been quiet (no new instance) for ``series_quiet_s``, its
+slices form one consistent volume, all channels
 share the primary channel's frame of reference (no registration here), and the primary series is
 within the model's guardrails. A model that is not ready ``study_timeout_s`` after its job was
 opened fails with the reason; a model outside its guardrails, across frames of reference or whose
@@ -57,6 +58,12 @@ def decide(
 ) -> Decision:
     """Whether ``study`` holds complete, usable inputs for ``model``."""
     deadline = opened_at + cfg.study_timeout_s
+    if study.open_associations:
+        # Never ready while being sent, however quiet a series looks; never failed for it either
+        # (the idle timeout ends an association that stops sending).
+        return Waiting(
+            f"{study.open_associations} association(s) still sending this study", deadline
+        )
     if study.interrupted_at is not None:
         resume_by = study.interrupted_at + cfg.interrupted_wait_s
         if now < resume_by:

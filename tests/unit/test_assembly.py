@@ -254,6 +254,20 @@ def test_a_study_whose_association_was_cut_off_waits_for_the_sender() -> None:
     assert isinstance(decide_at(m, cut, 1000.5 + CFG.interrupted_wait_s), Ready)
 
 
+def test_a_study_an_association_is_still_sending_is_never_ready() -> None:
+    """However quiet its series look, and however long past the deadline."""
+    import dataclasses
+
+    m = model("t2")
+    st = study(series("1.2.9.2", "t2_tse", 1000.0, slices(prefix="1.2.9.6.")))
+    assert isinstance(decide_at(m, st, 1010.0), Ready)
+    sending = dataclasses.replace(st, open_associations=1)
+    for now in (1010.0, OPENED + CFG.study_timeout_s + 1):
+        got = decide_at(m, sending, now)
+        assert isinstance(got, Waiting)
+        assert got.reason == "1 association(s) still sending this study"
+
+
 def test_association_end_and_restart_mark_studies_interrupted(db) -> None:  # noqa: ANN001
     from gateway.db.records import InstanceRecord
 
