@@ -111,7 +111,7 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
                 last_received_at=now,
                 patient_key=rec.patient_key or None,
             )
-            s.execute(
+            series_done = s.execute(
                 ins.on_conflict_do_update(
                     index_elements=["series_uid"],
                     set_={
@@ -132,7 +132,7 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
                 geometry=rec.geometry,
                 size=rec.size,
             )
-            s.execute(
+            instance_done = s.execute(
                 ins.on_conflict_do_update(
                     index_elements=["sop_instance_uid"],
                     set_={
@@ -144,14 +144,25 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
                     where=InstanceRow.series_uid == rec.series_uid,
                 )
             )
-            conflict = _uid_conflict(s, rec)
-            if conflict is not None:
-                raise conflict  # rolls back this transaction: nothing of it is recorded
+            # An upsert whose WHERE refused (the row belongs to another study or series)
+            # changed nothing: only then is the conflict looked up, to say which.
+            if not (series_done.rowcount and instance_done.rowcount):  # type: ignore[attr-defined]
+                conflict = _uid_conflict(s, rec)
+                if conflict is not None:
+                    raise conflict  # rolls back this transaction: nothing of it is recorded
 
     def uid_conflict(self, rec: InstanceRecord) -> UidConflict | None:
         """The conflict recording ``rec`` would meet (see :meth:`record_instance`), else None."""
         with self.session() as s:
             return _uid_conflict(s, rec)
+
+    def admission(self, rec: InstanceRecord) -> tuple[bool, int, int]:
+        """What reception's limits need before it spools ``rec``, read in one transaction:
+        whether it is already stored (a resend) and the study's (instances, bytes) so far."""
+        with self.session() as s:
+            known = s.get(InstanceRow, rec.sop_instance_uid) is not None
+            count, size = s.execute(_usage(rec.study_uid)).one()
+            return known, int(count), int(size)
 
     @functools.cached_property
     def patient_salt(self) -> str:
@@ -166,16 +177,8 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
 
     def study_usage(self, study_uid: str) -> tuple[int, int]:
         """(instances, bytes) received so far for a study."""
-        query = (
-            select(
-                func.count(InstanceRow.sop_instance_uid),
-                func.coalesce(func.sum(InstanceRow.size), 0),
-            )
-            .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
-            .where(SeriesRow.study_uid == study_uid)
-        )
         with self.session() as s:
-            count, size = s.execute(query).one()
+            count, size = s.execute(_usage(study_uid)).one()
             return int(count), int(size)
 
     def has_instance(self, sop_instance_uid: str) -> bool:
@@ -185,6 +188,17 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
     def known_instances(self) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(InstanceRow.sop_instance_uid)))
+
+
+def _usage(study_uid: str) -> Any:
+    return (
+        select(
+            func.count(InstanceRow.sop_instance_uid),
+            func.coalesce(func.sum(InstanceRow.size), 0),
+        )
+        .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
+        .where(SeriesRow.study_uid == study_uid)
+    )
 
 
 def _uid_conflict(s: Session, rec: InstanceRecord) -> UidConflict | None:

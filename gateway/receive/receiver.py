@@ -224,33 +224,34 @@ class Receiver:
         check_encoding(ds)
         rec = describe_instance(ds, salt=self.store.patient_salt)
         check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
-        # Checked before spooling too, so that a refused file never overwrites or joins another
-        # study's; record_instance checks again in its transaction (the guard).
-        conflict = self.store.uid_conflict(rec)
-        if conflict is not None:
-            raise conflict
-        self._guard(rec, len(encoded))
+        known, count, total = self.store.admission(rec)
+        self._guard(rec, len(encoded), known, count, total)
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
         rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
-        self.store.record_instance(
-            rec,
-            calling_ae=calling_ae,
-            called_ae=called_ae,
-            opens_association=opens(rec.study_uid),
-        )
+        try:
+            self.store.record_instance(
+                rec,
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+                opens_association=opens(rec.study_uid),
+            )
+        except UidConflict:
+            # Refused in the recording transaction: nothing of it is recorded. Its spool path
+            # (study/series/instance) is its own, so removing the file touches no other study's.
+            path.unlink(missing_ok=True)
+            raise
         self.crash.hit("receive.before_ack")
         return rec
 
-    def _guard(self, rec: InstanceRecord, size: int) -> None:
+    def _guard(self, rec: InstanceRecord, size: int, known: bool, count: int, total: int) -> None:
         free_mb = self.spool.free_mb()
         if free_mb < self.storage.min_free_mb:
             raise OutOfResources(
                 f"disk guard: {free_mb:.0f} MB free under the spool, below "
                 f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
             )
-        if self.store.has_instance(rec.sop_instance_uid):
+        if known:
             return  # a resend replaces the instance: no new quota
-        count, total = self.store.study_usage(rec.study_uid)
         if count + 1 > self.limits.max_instances_per_study:
             raise OutOfResources(
                 f"study {rec.study_uid} over limits.max_instances_per_study "
