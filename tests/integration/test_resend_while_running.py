@@ -38,11 +38,18 @@ labels:
 
 
 def _send_slowly(gw: GatewayProcess, files: list[Path]) -> tuple[float, float]:
-    """One association, about 50 ms between instances (a scanner's pace, ~8 s in all)."""
+    """One association, about 50 ms between instances (a scanner's pace, ~8 s in all); the
+    time of its first request and of its last instance's response (it is sending between)."""
+    acked: list[float] = []
+
+    def paced(_n: int) -> None:
+        acked.append(time.time())
+        time.sleep(0.05)
+
     t0 = time.time()
-    statuses = store(gw.dest, "STORESCU", files, progress=lambda _n: time.sleep(0.05))
-    assert set(statuses) == {0}
-    return t0, time.time()
+    statuses = store(gw.dest, "STORESCU", files, progress=paced)
+    assert set(statuses) == {0} and len(acked) == len(files)
+    return t0, acked[-1]
 
 
 def test_a_study_sent_again_while_its_job_runs_is_contoured_only_from_complete_input(
