@@ -24,7 +24,7 @@ from gateway.db.database import Store
 from gateway.errors import GatewayError, PermanentError
 from gateway.failpoints import CrashPoints
 from gateway.imaging import Volume, channels_on, labels_onto
-from gateway.job import JobOutcome, ModelOutcome, ModelState, Provenance, RoiOutcome
+from gateway.job import JobOutcome, ModelOutcome, ModelState, RoiOutcome
 from gateway.segment.base import Grid
 from gateway.segment.spec import ModelSpec
 
@@ -50,10 +50,6 @@ class ModelsRun:
     reference: Volume | None = None
     label_maps: dict[str, np.ndarray] = field(default_factory=dict)
     outcomes: dict[str, ModelOutcome] = field(default_factory=dict)
-
-
-def provenance(model: ModelSpec) -> Provenance:
-    return model.provenance
 
 
 def run_models(
@@ -112,7 +108,7 @@ def run_models(
             continue
         out.outcomes[name] = ModelOutcome(
             state=ModelState.DONE,
-            provenance=provenance(model),
+            provenance=model.provenance,
             input_series=tuple(plan[name]),
             volume_s=round(volume_s, 3),
             wait_s=round(t1 - t0, 3),
@@ -211,7 +207,7 @@ class JobRunner:
         maps, models = run.label_maps, self.cfg.models
         planned = plan_structures(rule, models, self.cfg.roi_names, available=maps)
         structures = [
-            rtstruct.Structure(maps[p.model] == p.label, p.roi, provenance(models[p.model]))
+            rtstruct.Structure(maps[p.model] == p.label, p.roi, models[p.model].provenance)
             for p in planned
         ]
         used = list(dict.fromkeys(u for m in maps for u in plan.runnable[m]))

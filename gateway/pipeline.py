@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
-from gateway.db.records import TERMINAL, JobState, StudyInfo
+from gateway.db.records import TERMINAL, DeliveryState, JobState, StudyInfo
 from gateway.deliver.delivery import Deliverer, Sender
 from gateway.errors import PermanentError
 from gateway.failpoints import CrashPoints
@@ -93,15 +93,15 @@ class Pipeline:
             return
         if study.open_associations:
             # Never ready while being sent: the association's end asks for the next check.
-            self._study_reason(study_uid, "being received")
+            self.store.set_study_reason(study_uid, "being received")
             return
         rule = routing.route(self.cfg.rules, study)
         if rule is None:
             why = "no rule matches: " + routing.explain(self.cfg.rules, study)
-            if self._study_reason(study_uid, why):
+            if self.store.set_study_reason(study_uid, why):
                 log.info("study %s: %s; kept, not processed", study_uid, why)
             return
-        self._study_reason(study_uid, "")
+        self.store.set_study_reason(study_uid, "")
         jobs = self.store.jobs_for(study_uid, rule.name)
         last = jobs[-1] if jobs else None
         if last is not None and last.state != JobState.WAITING.value:
@@ -147,9 +147,6 @@ class Pipeline:
         )
         self.crash.hit("job.queued")
         self.dispatch.run_job(job.id)
-
-    def _study_reason(self, study_uid: str, reason: str) -> bool:
-        return self.store.set_study_reason(study_uid, reason)
 
     # -- segment + RTSTRUCT ----------------------------------------------------------------------
 
@@ -197,7 +194,7 @@ class Pipeline:
             self.dispatch.run_job(job.id)
         for job in self.store.jobs_in(JobState.DELIVERING):
             for d in self.store.deliveries_for(job.id):
-                if d.state == "pending":
+                if d.state == DeliveryState.PENDING.value:
                     self.dispatch.deliver(d.id, delay=max(0.0, d.next_attempt_at - now))
             self.store.settle_job(job.id, now)
         if receiving:

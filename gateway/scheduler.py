@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 from gateway.db.database import Store
 from gateway.db.records import JobState
@@ -53,12 +54,17 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
+class Dispatch(Protocol):
+    def run_job(self, job_id: int) -> None: ...
+    def deliver(self, delivery_id: int, delay: float = 0.0) -> None: ...
+
+
 class Scheduler:
     def __init__(
         self,
         store: Store,
         check_study: Callable[[str], None],
-        dispatch: object,
+        dispatch: Dispatch,
         owner: str,
         *,
         poll_s: float,
@@ -105,10 +111,10 @@ class Scheduler:
         """Hand this process's queue what is queued or due but unclaimed for a while."""
         for job in self.store.jobs_in(JobState.QUEUED):
             if self._hand(("job", job.id), now):
-                self.dispatch.run_job(job.id)  # type: ignore[attr-defined]
+                self.dispatch.run_job(job.id)
         for d in self.store.due_deliveries(now - self.pickup_after_s):
             if self._hand(("delivery", d.id), now):
-                self.dispatch.deliver(d.id)  # type: ignore[attr-defined]
+                self.dispatch.deliver(d.id)
 
     def _hand(self, key: tuple[str, int], now: float) -> bool:
         first_seen = self._handed.setdefault(key, now)

@@ -151,11 +151,6 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
                 if conflict is not None:
                     raise conflict  # rolls back this transaction: nothing of it is recorded
 
-    def uid_conflict(self, rec: InstanceRecord) -> UidConflict | None:
-        """The conflict recording ``rec`` would meet (see :meth:`record_instance`), else None."""
-        with self.session() as s:
-            return _uid_conflict(s, rec)
-
     def admission(self, rec: InstanceRecord) -> tuple[bool, int, int]:
         """What reception's limits need before it spools ``rec``, read in one transaction:
         whether it is already stored (a resend) and the study's (instances, bytes) so far."""
@@ -180,10 +175,6 @@ class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
         with self.session() as s:
             count, size = s.execute(_usage(study_uid)).one()
             return int(count), int(size)
-
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        with self.session() as s:
-            return s.get(InstanceRow, sop_instance_uid) is not None
 
     def known_instances(self) -> set[str]:
         with self.session() as s:

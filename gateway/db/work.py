@@ -15,6 +15,7 @@ UPDATE (or one transaction), so two processes that try the same step do it once:
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.records import DeliveryState, JobState
-from gateway.db.tables import DeliveryRow, JobRow, StudyRow
+from gateway.db.tables import AuditRow, DeliveryRow, JobRow, StudyRow
 from gateway.job import JobOutcome, JobPlan, stage_timings
 
 UNFINISHED_DELIVERY = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
@@ -263,8 +264,6 @@ def _apply(
     now: float | None,
     fields: dict[str, Any],
 ) -> None:
-    import time
-
     if state is not None:
         job.state = state.value
     if reason is not None:
@@ -350,8 +349,6 @@ def _audit_job(s: Session, job: JobRow, outcome: str, detail: str, now: float) -
 
 
 def _audit(s: Session, event: str, outcome: str, now: float, **fields: Any) -> None:
-    from gateway.db.tables import AuditRow
-
     row = AuditRow(at=now, event=event, outcome=outcome)
     for key, value in fields.items():
         setattr(row, key, value if value is not None or key == "job_id" else "")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.db.database import Store
-from gateway.db.records import InstanceRecord, JobState
+from gateway.db.records import JobState
 from gateway.db.work import timings
 from gateway.pipeline import Pipeline
 from gateway.scheduler import Scheduler, owner_is_dead
@@ -20,6 +20,7 @@ from tests.unit.test_pipeline_unit import (
     FakeSender,
     RecordingDispatcher,
     make_config,
+    receive,
     recheck_at,
 )
 
@@ -31,32 +32,11 @@ def send(
     study: str = STUDY,
     opens: bool = True,
     first: int = 0,
-):
+) -> None:
     """One association sending a series: the first instance opens it for the study."""
-    series = f"{study}.2"
-    for k, z in enumerate(heights):
-        store.record_instance(
-            InstanceRecord(
-                study_uid=study,
-                series_uid=series,
-                sop_instance_uid=f"{series}.{first + k + 1}",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-                path=f"/spool/{k}.dcm",
-                series_attributes={"Modality": "MR", "SeriesNumber": 3},
-                geometry={
-                    "FrameOfReferenceUID": "1.2.840.99.5",
-                    "ImagePositionPatient": [0.0, 0.0, z],
-                    "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                    "PixelSpacing": [0.5, 0.5],
-                    "Rows": 64,
-                    "Columns": 64,
-                },
-            ),
-            calling_ae="SCANNER",
-            called_ae="AIRCON",
-            now=at + k * 0.5,
-            opens_association=opens and k == 0,
-        )
+    receive(
+        store, heights, at, study=study, series=f"{study}.2", first=first, step_s=0.5, opens=opens
+    )
 
 
 def make_pipeline(tmp_path: Path, store: Store, clock: Clock, dispatcher=None) -> Pipeline:

@@ -180,13 +180,27 @@ def recheck_at(store: Store, study_uid: str = STUDY) -> float | None:
         return None if row is None else row.recheck_at
 
 
-def receive(store: Store, heights: list[float], at: float, modality: str = "MR") -> None:
+def receive(
+    store: Store,
+    heights: list[float],
+    at: float,
+    modality: str = "MR",
+    *,
+    study: str = STUDY,
+    series: str | None = None,
+    first: int = 0,
+    step_s: float = 0.0,
+    opens: bool = False,
+) -> None:
+    """Record one slice per height in one series (instances ``first + 1`` ...), the k-th at
+    ``at + k * step_s``; ``opens``: the first instance opens an association for the study."""
+    series = series or (SERIES if study == STUDY else f"{study}.2")
     for k, z in enumerate(heights):
         store.record_instance(
             InstanceRecord(
-                study_uid=STUDY,
-                series_uid=SERIES,
-                sop_instance_uid=f"{SERIES}.{k + 1}",
+                study_uid=study,
+                series_uid=series,
+                sop_instance_uid=f"{series}.{first + k + 1}",
                 sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
                 path=f"/spool/{k}.dcm",
                 series_attributes={"Modality": modality, "SeriesNumber": 3},
@@ -201,7 +215,8 @@ def receive(store: Store, heights: list[float], at: float, modality: str = "MR")
             ),
             calling_ae="SCANNER",
             called_ae="AIRCON",
-            now=at,
+            now=at + k * step_s,
+            opens_association=opens and k == 0,
         )
 
 
