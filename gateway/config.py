@@ -246,6 +246,40 @@ class RtstructConfig(Frozen):
     structure_set_label: Annotated[str, Field(max_length=16)] = "AI UNAPPROVED"
 
 
+class ControlChartConfig(Frozen):
+    """Control charts on surface Dice and added path length per model version and ROI
+    (gateway.qa.drift; docs/qa-metrics.md). The baseline (centre and sigma) is the model.yaml
+    ``qa.baseline`` when given, else the first ``baseline_cases`` compared cases; sigma is never
+    taken below the floors (a run of unchanged contours has no spread)."""
+
+    baseline_cases: Annotated[int, Field(ge=3)] = 20
+    ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.2
+    limit_sigma: Annotated[float, Field(gt=0)] = 3.0
+    min_sigma_surface_dice: Annotated[float, Field(gt=0)] = 0.02
+    min_sigma_apl_mm: Annotated[float, Field(gt=0)] = 10.0
+
+
+class QaConfig(Frozen):
+    """The clinical QA loop: approved structure sets sent back by ``peers`` are compared with
+    the AI structure set AIRCON sent for the same study.
+
+    ``peers``: calling AE titles (each also listed in ``peers`` of the gateway) whose RTSTRUCTs
+    are approved structure sets. ``tolerance_mm``: surface Dice tolerance, per clinic ROI name
+    in ``roi_tolerance_mm``; ``apl_tolerance_mm``: added path length tolerance.
+    ``candidate_dice``: a single case below this Dice (or an AI ROI deleted) is an incident
+    candidate."""
+
+    peers: tuple[AETitle, ...] = ()
+    tolerance_mm: Annotated[float, Field(gt=0)] = 2.0
+    roi_tolerance_mm: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    apl_tolerance_mm: Annotated[float, Field(ge=0)] = 1.0
+    candidate_dice: Annotated[float, Field(ge=0, le=1)] = 0.5
+    control: ControlChartConfig = ControlChartConfig()
+
+    def tolerance_for(self, roi: str) -> float:
+        return self.roi_tolerance_mm.get(roi, self.tolerance_mm)
+
+
 class RuleMatch(Frozen):
     calling_ae: Regex | None = None
     called_ae: Regex | None = None
@@ -309,6 +343,7 @@ class GatewayConfig(Frozen):
     limits: LimitsConfig = LimitsConfig()
     storage: StorageConfig = StorageConfig()
     faults: FaultsConfig = FaultsConfig()
+    qa: QaConfig = QaConfig()
     rules: tuple[RuleConfig, ...] = ()
     # Clinic ROI naming: model label name (case-insensitive) -> clinic name, colour and type.
     # Entries here extend and override the built-in TG-263 names (gateway.contour.structures).
@@ -321,6 +356,12 @@ class GatewayConfig(Frozen):
         from gateway.contour.structures import plan_structures
 
         problems: list[tuple[tuple[str | int, ...], str]] = []
+        allowed = {p.ae_title for p in self.peers}
+        for i, ae in enumerate(self.qa.peers):
+            if ae not in allowed:
+                problems.append(
+                    (("qa", "peers", i), f"'{ae}' is not among the gateway's peers: add it there")
+                )
         names = [r.name for r in self.rules]
         for i, name in enumerate(names):
             if names.index(name) != i:

@@ -90,3 +90,43 @@ class StudyInfo:
     interrupted_at: float | None = None
     # Associations sending this study right now: while any is open the study is never ready.
     open_associations: int = 0
+
+
+class QaStatus(str, enum.Enum):
+    """How an AI ROI fared in the approved structure set."""
+
+    COMPARED = "compared"  # present in both: metrics computed
+    DELETED = "deleted"  # an AI ROI the clinician removed
+    ADDED = "added"  # an approved ROI with no AI counterpart (listed, not scored)
+
+
+@dataclass(frozen=True)
+class QaRecord:
+    """One ROI of one approved structure set compared with the AI structure set it answers.
+
+    Metrics as :class:`gateway.qa.metrics.RoiMetrics` (None where undefined or not scored);
+    ``at`` is when the comparison was made (epoch seconds). No patient data."""
+
+    job_id: int
+    study_uid: str
+    model: str
+    model_version: str
+    roi: str  # the clinic ROI name of the AI structure set ("" for an added ROI)
+    approved_roi: str  # its name in the approved set ("" when deleted)
+    status: QaStatus
+    ai_uid: str  # SOP Instance UID of the AI RTSTRUCT
+    approved_uid: str  # SOP Instance UID of the approved RTSTRUCT
+    at: float
+    dice: float | None = None
+    hd: float | None = None
+    hd95: float | None = None
+    msd: float | None = None
+    surface_dice: float | None = None
+    apl: float | None = None
+    volume_ai: float | None = None
+    volume_approved: float | None = None
+    volume_change: float | None = None
+    unchanged: bool = False
+    tolerance_mm: float | None = None
+    apl_tolerance_mm: float | None = None
+    id: int | None = None

@@ -181,6 +181,36 @@ class PythonSpec(Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class RoiAcceptance(Frozen):
+    """Acceptance thresholds of one ROI for ``aircon validate`` (None: not checked)."""
+
+    dice_min: Annotated[float, Field(ge=0, le=1)] | None = None
+    hd95_max_mm: Annotated[float, Field(ge=0)] | None = None
+    surface_dice_min: Annotated[float, Field(ge=0, le=1)] | None = None
+    apl_max_mm: Annotated[float, Field(ge=0)] | None = None
+
+
+class RoiBaseline(Frozen):
+    """Control-chart baseline of one ROI (mean, standard deviation), e.g. from commissioning."""
+
+    surface_dice: tuple[float, Annotated[float, Field(ge=0)]] | None = None
+    apl_mm: tuple[float, Annotated[float, Field(ge=0)]] | None = None
+
+
+class ModelQa(Frozen):
+    """``qa:`` of a model.yaml. Keys are clinic ROI names; ``"*"`` applies to every ROI that has
+    no entry of its own."""
+
+    acceptance: dict[str, RoiAcceptance] = Field(default_factory=dict)
+    baseline: dict[str, RoiBaseline] = Field(default_factory=dict)
+
+    def acceptance_for(self, roi: str) -> RoiAcceptance:
+        return self.acceptance.get(roi) or self.acceptance.get("*") or RoiAcceptance()
+
+    def baseline_for(self, roi: str) -> RoiBaseline | None:
+        return self.baseline.get(roi) or self.baseline.get("*")
+
+
 class ModelSpec(Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     kind: Literal["nnunet", "command", "python"]
@@ -192,6 +222,7 @@ class ModelSpec(Frozen):
     inputs: Annotated[tuple[InputChannel, ...], Field(min_length=1)]
     guardrails: Guardrails = Guardrails()
     labels: dict[int, RoiSpec]
+    qa: ModelQa = ModelQa()
     # Extra files that define the output (hashed for provenance): relative paths, or
     # "package:<pkg>/<path>" for weights shipped inside an installed package.
     weights: tuple[str, ...] = ()
