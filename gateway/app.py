@@ -105,6 +105,8 @@ class Gateway:
             limits=self.cfg.limits,
             storage=self.cfg.storage,
             crash=self.crash,
+            returned=Spool(self.cfg.paths.returned),
+            qa_peers=self.cfg.qa.peers,
         )
         scp = StorageSCP(
             self.cfg.ae_title,
@@ -118,6 +120,7 @@ class Gateway:
         )
         spool.remove_stale_temporaries()
         receiver.recover_spool()
+        receiver.recover_returned()
         return scp
 
     def _purge_loop(self, stop: threading.Event) -> None:

@@ -198,6 +198,7 @@ class PathsConfig(Frozen):
     spool: Path = Path("var/spool")
     output: Path = Path("var/rtstruct")
     models: Path = Path("models")
+    returned: Path = Path("var/returned")  # structure sets sent back (the approved ones)
     log: Path | None = None  # also log to this file (rotated), besides stderr
 
 
@@ -402,7 +403,10 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc) + problems) from None
     paths = cfg.paths.model_copy(
-        update={k: _resolve(base_dir, getattr(cfg.paths, k)) for k in ("spool", "output", "models")}
+        update={
+            k: _resolve(base_dir, getattr(cfg.paths, k))
+            for k in ("spool", "output", "models", "returned")
+        }
         | ({"log": _resolve(base_dir, cfg.paths.log)} if cfg.paths.log else {})
     )
     listen = cfg.listen

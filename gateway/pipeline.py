@@ -37,6 +37,7 @@ class Dispatcher(Protocol):
 
     def run_job(self, job_id: int) -> None: ...
     def deliver(self, delivery_id: int, delay: float = 0.0) -> None: ...
+    def compare(self, structure_set_uid: str) -> None: ...
 
 
 class Pipeline:
@@ -152,6 +153,14 @@ class Pipeline:
 
     def run_job(self, job_id: int) -> None:
         self.runner.run(job_id)
+
+    # -- clinical QA ---------------------------------------------------------------------------
+
+    def compare(self, structure_set_uid: str) -> None:
+        """An approved structure set came back: pair it and compare it (gateway.qa)."""
+        from gateway.qa.loop import QaLoop
+
+        QaLoop(self.cfg, self.store, owner=self.owner, clock=self.clock).compare(structure_set_uid)
 
     # -- send ----------------------------------------------------------------------------------
 

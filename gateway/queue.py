@@ -34,6 +34,7 @@ class HueyDispatcher:
         self._pipeline: Any = None
         self._run = huey.task(name="run_job")(self._run_job)
         self._deliver = huey.task(name="deliver")(self._run_deliver)
+        self._compare = huey.task(name="compare")(self._run_compare)
 
     def bind(self, pipeline: Any) -> None:
         """Attach the pipeline whose steps the workers execute (consumer side only)."""
@@ -46,6 +47,9 @@ class HueyDispatcher:
 
     def deliver(self, delivery_id: int, delay: float = 0.0) -> None:
         self._enqueue(self._deliver, delivery_id, delay)
+
+    def compare(self, structure_set_uid: str) -> None:
+        self._enqueue(self._compare, structure_set_uid, 0.0)
 
     @staticmethod
     def _enqueue(task: Any, arg: Any, delay: float) -> None:
@@ -61,3 +65,6 @@ class HueyDispatcher:
 
     def _run_deliver(self, delivery_id: int) -> None:
         self._pipeline.deliver(delivery_id)
+
+    def _run_compare(self, structure_set_uid: str) -> None:
+        self._pipeline.compare(structure_set_uid)

@@ -57,6 +57,7 @@ def owner_is_dead(owner: str) -> bool:
 class Dispatch(Protocol):
     def run_job(self, job_id: int) -> None: ...
     def deliver(self, delivery_id: int, delay: float = 0.0) -> None: ...
+    def compare(self, structure_set_uid: str) -> None: ...
 
 
 class Scheduler:
@@ -81,7 +82,7 @@ class Scheduler:
         self.pickup_after_s = pickup_after_s
         self.clock = clock
         self._renewed = 0.0
-        self._handed: dict[tuple[str, int], float] = {}
+        self._handed: dict[tuple[str, int | str], float] = {}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_s):
@@ -105,6 +106,7 @@ class Scheduler:
         jobs, deliveries = self.store.reclaim(now, owner_is_dead)
         for job_id in jobs:
             log.warning("job %d: its process stopped; running it again", job_id)
+        self.store.reclaim_structure_sets(now, owner_is_dead)
         self._pick_up(now)
 
     def _pick_up(self, now: float) -> None:
@@ -115,8 +117,11 @@ class Scheduler:
         for d in self.store.due_deliveries(now - self.pickup_after_s):
             if self._hand(("delivery", d.id), now):
                 self.dispatch.deliver(d.id)
+        for uid in self.store.pending_structure_sets():
+            if self._hand(("qa", uid), now):
+                self.dispatch.compare(uid)
 
-    def _hand(self, key: tuple[str, int], now: float) -> bool:
+    def _hand(self, key: tuple[str, int | str], now: float) -> bool:
         first_seen = self._handed.setdefault(key, now)
         if now - first_seen < self.pickup_after_s:
             return False

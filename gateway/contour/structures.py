@@ -51,6 +51,19 @@ def clinic_roi(label: RoiSpec, roi_names: Mapping[str, RoiSpec]) -> RoiSpec:
     return label
 
 
+def canonical_name(name: str, roi_names: Mapping[str, RoiSpec]) -> str:
+    """The normalised clinic name an ROI name stands for: the config's ``roi_names`` first
+    (by key or by clinic name), then TG-263 synonyms, else the name itself; compared without
+    case, spaces or punctuation ("Seminal Vesicles" and "SeminalVes" are the same ROI)."""
+    key = _key(name)
+    for alias, spec in roi_names.items():
+        if key in (_key(alias), _key(spec.name)):
+            return _key(spec.name)
+    if key in _TG263:
+        return _key(_TG263[key].name)
+    return key
+
+
 @dataclass(frozen=True)
 class PlannedRoi:
     """One ROI of a merged structure set: which model and label value make it."""

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.db import migrate
 from gateway.db.audit import AuditQueries
 from gateway.db.deliveries import DeliveryQueries
+from gateway.db.qa import QaQueries
 from gateway.db.records import (
     InstanceRecord,
 )
@@ -39,7 +40,7 @@ from gateway.db.work import WorkQueries
 from gateway.errors import UidConflict
 
 
-class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries):
+class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries, QaQueries):
     """All database access of the gateway."""
 
     def __init__(self, url: str):

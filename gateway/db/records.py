@@ -130,3 +130,32 @@ class QaRecord:
     tolerance_mm: float | None = None
     apl_tolerance_mm: float | None = None
     id: int | None = None
+
+
+class StructureSetState(str, enum.Enum):
+    PENDING = "pending"  # received, to be paired and compared
+    COMPARING = "comparing"  # under a lease
+    COMPARED = "compared"
+    UNPAIRED = "unpaired"  # kept; the reason says why it answers no AI structure set
+    SUPERSEDED = "superseded"  # a later version answering the same AI structure set counts
+
+
+@dataclass(frozen=True)
+class StructureSetRecord:
+    """An RTSTRUCT sent to us (e.g. the approved structure set from the planning system)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    calling_ae: str
+    path: str
+    size: int
+    approval_status: str  # APPROVED, UNAPPROVED, REJECTED or "" (absent)
+    structure_set_datetime: str  # StructureSetDate + StructureSetTime ("" when absent)
+    received_at: float = 0.0
+    state: StructureSetState = StructureSetState.PENDING
+    reason: str = ""
+    job_id: int | None = None
+    ai_uid: str = ""
+    compared_at: float | None = None

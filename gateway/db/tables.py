@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gateway.db.records import TERMINAL, JobState
@@ -157,3 +157,103 @@ AUDIT_COLUMNS = (
     "destination",
     "detail",
 )
+
+
+class StructureSetRow(Base):
+    """An RTSTRUCT sent to us (the clinician-approved structure set coming back): kept apart
+    from the studies' images, never routed to a model. ``state``: pending (to be paired),
+    comparing (under a lease), compared, unpaired (``reason`` says why), superseded (a later
+    version of the same answer was compared)."""
+
+    __tablename__ = "structure_sets"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    frame_of_reference_uid: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[float] = mapped_column(Float)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    approval_status: Mapped[str] = mapped_column(String(16), default="")
+    structure_set_datetime: Mapped[str] = mapped_column(String(32), default="")  # DA + TM
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    ai_uid: Mapped[str] = mapped_column(String(64), default="")
+    compared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class QaRow(Base):
+    """One ROI of an approved structure set compared with the AI structure set (QaRecord)."""
+
+    __tablename__ = "qa"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64), default="")
+    model_version: Mapped[str] = mapped_column(String(32), default="")
+    roi: Mapped[str] = mapped_column(String(64), default="")
+    approved_roi: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    ai_uid: Mapped[str] = mapped_column(String(64))
+    approved_uid: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    dice: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hd95: Mapped[float | None] = mapped_column(Float, nullable=True)
+    msd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    surface_dice: Mapped[float | None] = mapped_column(Float, nullable=True)
+    apl: Mapped[float | None] = mapped_column(Float, nullable=True)
+    volume_ai: Mapped[float | None] = mapped_column(Float, nullable=True)
+    volume_approved: Mapped[float | None] = mapped_column(Float, nullable=True)
+    volume_change: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unchanged: Mapped[bool] = mapped_column(Boolean, default=False)
+    tolerance_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    apl_tolerance_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A later version of the approved structure set answered the same AI set.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+class AlertRow(Base):
+    """An alarm (e.g. a control chart left its limits). ``key`` makes raising it idempotent."""
+
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # drift, ...
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    at: Mapped[float] = mapped_column(Float, index=True)
+    model: Mapped[str] = mapped_column(String(64), default="")
+    model_version: Mapped[str] = mapped_column(String(32), default="")
+    roi: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open, acknowledged
+    acknowledged_by: Mapped[str] = mapped_column(String(64), default="")
+    acknowledged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class IncidentRow(Base):
+    """The incident register. Candidates (from the QA loop) wait for a person to accept
+    (state open) or dismiss them; ``key`` makes raising a candidate idempotent."""
+
+    __tablename__ = "incidents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # candidate open closed dismissed
+    severity: Mapped[str] = mapped_column(String(16), default="")
+    title: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    actions: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    model: Mapped[str] = mapped_column(String(64), default="")
+    model_version: Mapped[str] = mapped_column(String(32), default="")
+    roi: Mapped[str] = mapped_column(String(64), default="")
+    opened_at: Mapped[float] = mapped_column(Float)
+    opened_by: Mapped[str] = mapped_column(String(64), default="")
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(64), default="")
+    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    closed_by: Mapped[str] = mapped_column(String(64), default="")

@@ -24,8 +24,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.db.records import DeliveryState, JobState
-from gateway.db.tables import AuditRow, DeliveryRow, JobRow, StudyRow
+from gateway.db.records import DeliveryState, JobState, StructureSetState
+from gateway.db.tables import AuditRow, DeliveryRow, JobRow, StructureSetRow, StudyRow
 from gateway.job import JobOutcome, JobPlan, stage_timings
 
 UNFINISHED_DELIVERY = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
@@ -47,6 +47,11 @@ class WorkQueries:
                     .order_by(JobRow.id)
                 )
             )
+
+    def jobs_of_study(self, study_uid: str) -> list[JobRow]:
+        with self.session() as s:
+            query = select(JobRow).where(JobRow.study_uid == study_uid).order_by(JobRow.id)
+            return list(s.scalars(query))
 
     def create_job(self, study_uid: str, rule: str, models: Sequence[str], now: float) -> JobRow:
         """Open a job waiting for its inputs, or return the unfinished one for this study and
@@ -209,7 +214,11 @@ class WorkQueries:
 
     def renew_leases(self, owner: str, now: float, lease_s: float) -> None:
         with self.session() as s:
-            for table, state in ((JobRow, JobState.RUNNING), (DeliveryRow, DeliveryState.SENDING)):
+            for table, state in (
+                (JobRow, JobState.RUNNING),
+                (DeliveryRow, DeliveryState.SENDING),
+                (StructureSetRow, StructureSetState.COMPARING),
+            ):
                 s.execute(
                     update(table)
                     .where(table.lease_owner == owner, table.state == state.value)

@@ -23,6 +23,7 @@ from gateway.db.records import InstanceRecord
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
 from gateway.receive.spool import Spool
+from gateway.receive.structure_sets import RT_STRUCTURE_SET_STORAGE, describe_structure_set
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,13 @@ class Receiver:
         limits: LimitsConfig | None = None,
         storage: StorageConfig | None = None,
         crash: CrashPoints | None = None,
+        returned: Spool | None = None,
+        qa_peers: tuple[str, ...] = (),
     ):
         self.spool = spool
+        # Structure sets sent to us (approved ones coming back) live apart from the images.
+        self.returned = returned or Spool(spool.root.parent / "returned")
+        self.qa_peers = qa_peers
         self.store = store
         self.limits = limits or LimitsConfig()
         self.storage = storage or StorageConfig()
@@ -224,6 +230,9 @@ class Receiver:
         check_encoding(ds)
         rec = describe_instance(ds, salt=self.store.patient_salt)
         check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
+        if rec.sop_class_uid == RT_STRUCTURE_SET_STORAGE:
+            self._accept_structure_set(ds, encoded, calling_ae)
+            return rec
         known, count, total = self.store.admission(rec)
         self._guard(rec, len(encoded), known, count, total)
         path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
@@ -243,13 +252,29 @@ class Receiver:
         self.crash.hit("receive.before_ack")
         return rec
 
-    def _guard(self, rec: InstanceRecord, size: int, known: bool, count: int, total: int) -> None:
+    def _accept_structure_set(self, ds: Dataset, encoded: bytes, calling_ae: str) -> None:
+        """Keep an RTSTRUCT durably for the QA loop (``gateway.qa``); from a peer that is not
+        a ``qa.peers`` sender it is kept and listed as unpaired, with that reason."""
+        rec = describe_structure_set(ds, calling_ae)
+        self._check_space()
+        path = self.returned.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
+        rec = dataclasses.replace(rec, path=str(path), size=len(encoded), received_at=time.time())
+        reason = ""
+        if calling_ae not in self.qa_peers:
+            reason = f"sent by {calling_ae!r}, which is not one of qa.peers: not compared"
+        self.store.record_structure_set(rec, reason)
+        self.crash.hit("receive.before_ack")
+
+    def _check_space(self) -> None:
         free_mb = self.spool.free_mb()
         if free_mb < self.storage.min_free_mb:
             raise OutOfResources(
                 f"disk guard: {free_mb:.0f} MB free under the spool, below "
                 f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
             )
+
+    def _guard(self, rec: InstanceRecord, size: int, known: bool, count: int, total: int) -> None:
+        self._check_space()
         if known:
             return  # a resend replaces the instance: no new quota
         if count + 1 > self.limits.max_instances_per_study:
@@ -291,6 +316,29 @@ class Receiver:
             for uid in sorted(studies):
                 self.store.schedule_check(uid, now)
         return len(studies)
+
+    def recover_returned(self) -> int:
+        """Record returned structure-set files that have no database row; return how many."""
+        from pydicom import dcmread
+
+        known = self.store.known_structure_sets()
+        n = 0
+        for path in self.returned.root.glob("*/*/*.dcm"):
+            if path.stem in known:
+                continue
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+                rec = describe_structure_set(ds, calling_ae="", path=str(path))
+            except Exception as exc:  # keep the file; report, do not crash the start-up
+                log.error("returned file %s could not be re-recorded: %s", path.name, exc)
+                continue
+            size = path.stat().st_size
+            rec = dataclasses.replace(rec, size=size, received_at=path.stat().st_mtime)
+            self.store.record_structure_set(rec, "")  # unacknowledged: its sender will resend
+            n += 1
+        if n:
+            log.warning("re-recorded %d returned structure set(s) from disk", n)
+        return n
 
     def _audit(self, event: str, outcome: str, **fields: Any) -> None:
         """One audit row; a failure to write it is logged, never raised into reception."""

@@ -75,6 +75,10 @@ def test_stage_timings_from_recorded_timestamps() -> None:
 class RecordingDispatcher:
     runs: list[int] = field(default_factory=list)
     deliveries: list[tuple[int, float]] = field(default_factory=list)
+    comparisons: list[str] = field(default_factory=list)
+
+    def compare(self, structure_set_uid: str) -> None:
+        self.comparisons.append(structure_set_uid)
 
     def run_job(self, job_id: int) -> None:
         self.runs.append(job_id)

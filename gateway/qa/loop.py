@@ -1,0 +1,216 @@
+"""The QA loop's step: an approved structure set came back -> pair it -> compare per ROI -> store
+-> control charts, alarms and incident candidates.
+
+Both structure sets are read by the one independent reader
+(:func:`gateway.contour.reader.rasterize_rtstruct`) onto the AI set's primary series, so the
+AI contours are measured exactly as the approved ones, not from the model's label map.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from gateway.config import GatewayConfig
+from gateway.contour.reader import rasterize_rtstruct
+from gateway.db.database import Store
+from gateway.db.records import QaRecord, QaStatus, StudyInfo
+from gateway.errors import PermanentError
+from gateway.imaging import sort_slices
+from gateway.job import Provenance
+from gateway.qa import metrics
+from gateway.qa.pairing import AiSet, Answer, match_rois, pair, rank
+from gateway.receive.structure_sets import frame_of_reference
+
+log = logging.getLogger(__name__)
+
+
+class QaLoop:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        store: Store,
+        *,
+        owner: str,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.cfg = cfg
+        self.store = store
+        self.owner = owner
+        self.clock = clock
+
+    def compare(self, uid: str) -> None:
+        """Compare one received structure set (claimed first: once, whichever process)."""
+        if not self.store.claim_structure_set(
+            uid, self.owner, self.clock(), self.cfg.queue.lease_s
+        ):
+            return
+        try:
+            records = self._compare(uid)
+        except PermanentError as exc:
+            log.warning("structure set %s not compared: %s", uid, exc)
+            self.store.finish_structure_set(uid, self.clock(), reason=str(exc))
+            return
+        except Exception as exc:
+            log.exception("structure set %s: comparison failed", uid)
+            reason = f"comparison failed: {type(exc).__name__}: {exc}"
+            self.store.finish_structure_set(uid, self.clock(), reason=reason)
+            return
+        if records:
+            from gateway.qa.alarms import evaluate
+
+            evaluate(self.cfg, self.store, {(r.model, r.model_version, r.roi) for r in records})
+
+    def _compare(self, uid: str) -> list[QaRecord]:
+        rec = self.store.structure_set(uid)
+        if rec is None:
+            return []
+        approved = dcmread(rec.path)
+        study = self.store.study(rec.study_uid)
+        candidates = self._ai_sets(study) if study is not None else []
+        ai, reason = pair(Answer.of(approved, rec), candidates)
+        if ai is None:
+            log.info(
+                "structure set %s of study %s pairs with nothing: %s", uid, rec.study_uid, reason
+            )
+            self.store.finish_structure_set(uid, self.clock(), reason=reason)
+            return []
+        assert study is not None
+        job = self.store.job(ai.job_id)
+        assert job is not None and job.rtstruct_path
+        reference = _reference(study, ai.reference_series)
+        records = compare_sets(
+            self.cfg,
+            dcmread(job.rtstruct_path),
+            approved,
+            reference,
+            {r.name: r.provenance for r in job.job_outcome.rois},
+            base=QaRecord(
+                job_id=ai.job_id,
+                study_uid=rec.study_uid,
+                model="",
+                model_version="",
+                roi="",
+                approved_roi="",
+                status=QaStatus.COMPARED,
+                ai_uid=ai.rtstruct_uid,
+                approved_uid=uid,
+                at=self.clock(),
+            ),
+        )
+        state = self.store.finish_structure_set(
+            uid, self.clock(), job_id=ai.job_id, ai_uid=ai.rtstruct_uid, records=records, rank=rank
+        )
+        log.info(
+            "structure set %s of study %s compared with AI set %s (job %d): %d ROI(s), %s",
+            uid,
+            rec.study_uid,
+            ai.rtstruct_uid,
+            ai.job_id,
+            len(records),
+            state.value,
+        )
+        return records
+
+    def _ai_sets(self, study: StudyInfo) -> list[AiSet]:
+        out = []
+        for job in self.store.jobs_of_study(study.study_uid):
+            if not job.rtstruct_uid or not job.rtstruct_path:
+                continue
+            ref = job.job_outcome.reference_series
+            series = next((s for s in study.series if s.series_uid == ref), None)
+            frame = _frame(Path(job.rtstruct_path))
+            if series is None or frame is None:
+                continue
+            out.append(
+                AiSet(
+                    job.id,
+                    job.rtstruct_uid,
+                    study.study_uid,
+                    frame,
+                    ref,
+                    frozenset(series.paths),
+                )
+            )
+        return out
+
+
+def _frame(path: Path) -> str | None:
+    try:
+        return frame_of_reference(dcmread(path, stop_before_pixels=True))
+    except (OSError, ValueError):
+        return None
+
+
+def _reference(study: StudyInfo, series_uid: str) -> tuple[Dataset, ...]:
+    series = next(s for s in study.series if s.series_uid == series_uid)
+    try:
+        datasets = [dcmread(p, stop_before_pixels=True) for p in series.paths.values()]
+    except OSError as exc:
+        raise PermanentError(f"the AI structure set's images are no longer held: {exc}") from None
+    return sort_slices(datasets)[0]
+
+
+def compare_sets(
+    cfg: GatewayConfig,
+    ai: Dataset,
+    approved: Dataset,
+    reference: tuple[Dataset, ...],
+    provenance: dict[str, Provenance],
+    base: QaRecord,
+) -> list[QaRecord]:
+    """Per ROI of the AI set: compared, or deleted; per approved ROI without AI counterpart:
+    added. Both read onto ``reference`` (the sorted primary series) by the same reader."""
+    import dataclasses
+
+    ai_masks = rasterize_rtstruct(ai, reference)
+    approved_masks = {n: m for n, m in rasterize_rtstruct(approved, reference).items() if m.any()}
+    match = match_rois(list(ai_masks), list(approved_masks), cfg.roi_names)
+    spacing = _spacing(reference)
+    fallback = next(iter(provenance.values()), Provenance("", ""))
+    out = []
+    for name, mask in ai_masks.items():
+        prov = provenance.get(name, fallback)
+        row = dataclasses.replace(
+            base, model=prov.model_name, model_version=prov.model_version, roi=name
+        )
+        other = match.pairs.get(name)
+        if other is None:
+            volume = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+            out.append(dataclasses.replace(row, status=QaStatus.DELETED, volume_ai=volume))
+            continue
+        m = metrics.compare(
+            mask,
+            approved_masks[other],
+            spacing,
+            tolerance_mm=cfg.qa.tolerance_for(name),
+            apl_tolerance_mm=cfg.qa.apl_tolerance_mm,
+        )
+        kept = {f.name for f in dataclasses.fields(QaRecord)}
+        values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name in kept}
+        out.append(dataclasses.replace(row, approved_roi=other, **values))
+    for name in match.added:
+        out.append(
+            dataclasses.replace(
+                base,
+                model=fallback.model_name,
+                model_version=fallback.model_version,
+                approved_roi=name,
+                status=QaStatus.ADDED,
+            )
+        )
+    return out
+
+
+def _spacing(reference: tuple[Dataset, ...]) -> tuple[float, float, float]:
+    """(z, y, x) in mm: slice spacing, then PixelSpacing (row spacing, column spacing)."""
+    _, between = sort_slices(reference)
+    rows, columns = (float(v) for v in reference[0].PixelSpacing)
+    thickness = float(reference[0].get("SliceThickness", 0) or 0)
+    return (between or thickness or 1.0, rows, columns)
