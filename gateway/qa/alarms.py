@@ -1,17 +1,70 @@
 """After a comparison: re-run the control charts of the touched model versions and ROIs, and
-store what they raise (alarms in ``alerts``, incident candidates in ``incidents``), once each."""
+store what they raise (alarms in ``alerts``, incident candidates in ``incidents``), once each:
+the charts are re-evaluated over all rows every time, and every alarm and candidate carries a
+stable key, so a repeat evaluation raises nothing new."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
+from gateway.db.records import QaStatus
+from gateway.qa import drift
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: GatewayConfig, store: Store, keys: Iterable[tuple[str, str, str]]) -> None:
-    """``keys``: (model, model_version, roi) whose charts a new comparison touched."""
-    return None
+def evaluate(
+    cfg: GatewayConfig,
+    store: Store,
+    keys: Iterable[tuple[str, str, str]],
+    now: float | None = None,
+) -> tuple[int, int]:
+    """``keys``: (model, model_version, roi) whose charts a new comparison touched. Returns
+    how many alarms and incident candidates were new."""
+    now = time.time() if now is None else now
+    wanted = set(keys)
+    groups: dict[tuple[str, str, str], list] = {}
+    for r in store.qa_records():
+        key = (r.model, r.model_version, r.roi)
+        if key in wanted and r.status is not QaStatus.ADDED:
+            groups.setdefault(key, []).append(r)
+    alarms = candidates = 0
+    for (model, version, roi), rows in sorted(groups.items()):
+        spec = cfg.models.get(model)
+        baseline = spec.qa.baseline_for(roi) if spec and spec.version == version else None
+        result = drift.evaluate(
+            rows, cfg.qa.control, candidate_dice=cfg.qa.candidate_dice, baseline=baseline
+        )
+        for alarm in result.alarms:
+            if store.raise_alert(
+                alarm.key,
+                now,
+                kind="drift",
+                model=model,
+                model_version=version,
+                roi=roi,
+                message=alarm.message,
+            ):
+                alarms += 1
+                log.warning("QA drift alarm: %s", alarm.message)
+        for c in result.candidates:
+            new = store.add_incident(
+                now,
+                key=c.key,
+                state="candidate",
+                title=c.message,
+                job_id=c.job_id,
+                study_uid=c.study_uid,
+                model=model,
+                model_version=version,
+                roi=roi,
+                opened_by="aircon",
+            )
+            if new is not None:
+                candidates += 1
+                log.warning("QA incident candidate %d: %s", new, c.message)
+    return alarms, candidates
