@@ -230,14 +230,8 @@ def _fmt(metric: ChartMetric, value: float) -> str:
 def _alarm_message(key: RoiKey, case: int, points: dict[ChartMetric, ChartPoint]) -> str:
     parts = []
     for metric, p in points.items():
-        side, limit = (
-            ("below lower", p.lower)
-            if metric is ChartMetric.SURFACE_DICE
-            else (
-                "above upper",
-                p.upper,
-            )
-        )
+        low = metric is ChartMetric.SURFACE_DICE
+        side, limit = ("below lower", p.lower) if low else ("above upper", p.upper)
         assert p.ewma is not None and limit is not None
         parts.append(
             f"{metric.label} EWMA {_fmt(metric, p.ewma)} {side} limit {_fmt(metric, limit)}"

@@ -13,6 +13,7 @@ from gateway.qa.drift import (
     CandidateReason,
     ChartMetric,
     DriftState,
+    RoiDrift,
     RoiKey,
     evaluate,
     evaluate_all,
@@ -64,7 +65,7 @@ def simulated_clinic(n: int = 30, drift_from: int = 21, seed: int = 10) -> list[
     return rows
 
 
-def by_roi(results: list, roi: str):  # noqa: ANN001, ANN201
+def by_roi(results: list[RoiDrift], roi: str) -> RoiDrift:
     return next(r for r in results if r.key.roi == roi)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def prostate_rows() -> list[QaRecord]:
     return rows
 
 
-def by_window(summary: dict, roi: str = "Prostate") -> dict:  # type: ignore[type-arg]
+def by_window(summary: dict[str, Any], roi: str = "Prostate") -> dict[str, Any]:
     return {r["window"]: r for r in summary["rois"] if r["roi"] == roi}
 
 
