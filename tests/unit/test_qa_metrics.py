@@ -1,4 +1,4 @@
-"""The QA metrics against known answers: analytic shapes, known edits, empty ROIs, and two
+"""The QA metrics against known answers: analytic shapes, known edits, empty ROIs, and three
 independent implementations (medpy, DeepMind's surface-distance, MONAI). Definitions:
 docs/qa-metrics.md."""
 
