@@ -1,5 +1,5 @@
-"""The QA metrics against known answers: analytic shapes, known edits, empty ROIs, and two
-independent implementations (medpy, DeepMind's surface-distance). Definitions:
+"""The QA metrics against known answers: analytic shapes, known edits, empty ROIs, and three
+independent implementations (medpy, DeepMind's surface-distance, MONAI). Definitions:
 docs/qa-metrics.md."""
 
 from __future__ import annotations
@@ -286,3 +286,26 @@ def test_hd95_pools_both_directions_not_the_max_of_two_percentiles(spacing) -> N
     m = compare(a, b, spacing)
     assert m.hd95 == pytest.approx(np.percentile(np.concatenate([d_ab, d_ba]), 95), abs=1e-12)
     assert m.hd95 < max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)) - 0.5
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_agrees_with_monai_surface_dice_and_hd(seed) -> None:
+    # MONAI (the taps extra) counts border voxels unweighted as we do: the same surface Dice up
+    # to its float32 arithmetic. Its percentile HD is the max of the two directed percentiles.
+    torch = pytest.importorskip("torch")
+    metrics = pytest.importorskip("monai.metrics")
+    a, b = blob_pair(seed)
+    m = compare(a, b, ANISO, tolerance_mm=2.0)
+
+    def onehot(mask: np.ndarray):
+        t = torch.from_numpy(mask)[None, None].float()
+        return torch.cat([1 - t, t], dim=1)
+
+    pred, ref = onehot(a), onehot(b)
+    sdice = metrics.compute_surface_dice(pred, ref, class_thresholds=[2.0], spacing=ANISO)
+    assert m.surface_dice == pytest.approx(sdice.item(), abs=1e-6)
+    assert m.hd == pytest.approx(
+        metrics.compute_hausdorff_distance(pred, ref, spacing=ANISO).item()
+    )
+    hd95_monai = metrics.compute_hausdorff_distance(pred, ref, spacing=ANISO, percentile=95).item()
+    assert m.hd95 <= hd95_monai
