@@ -249,7 +249,7 @@ class RtstructConfig(Frozen):
 
 class ControlChartConfig(Frozen):
     """Control charts on surface Dice and added path length per model version and ROI
-    (gateway.qa.drift; docs/qa-metrics.md). The baseline (centre and sigma) is the model.yaml
+    (gateway.qa.drift; docs/qa-drift.md). The baseline (centre and sigma) is the model.yaml
     ``qa.baseline`` when given, else the first ``baseline_cases`` compared cases; sigma is never
     taken below the floors (a run of unchanged contours has no spread)."""
 

@@ -64,15 +64,14 @@ def cmd_qa(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.qa import summary
 
     store = _store(cfg)
-    records = store.qa_records()
-    now = time.time()
+    stats = summary.summarize(store.qa_records(), now=time.time(), window_days=args.days)
     if args.csv:
-        sys.stdout.write(summary.to_csv(records, now=now, window_days=args.days))
+        sys.stdout.write(summary.to_csv(stats))
         return 0
     if args.json:
         everything = store.qa_records(current=False)
         out = {
-            "summary": summary.summarize(records, now=now, window_days=args.days),
+            "summary": stats,
             "structure_sets": _set_rows(store, everything),
             "alerts": [_alert(a) for a in store.alerts()],
         }
@@ -81,7 +80,10 @@ def cmd_qa(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    console.print(summary.rich_table(records, now=now, window_days=args.days))
+    console.print(summary.roi_table(stats))
+    added = summary.added_table(stats)
+    if added is not None:
+        console.print(added)
     unpaired = [s for s in store.structure_sets() if s.state.value == "unpaired"]
     for s in unpaired:
         console.print(f"unpaired structure set {s.sop_instance_uid}: {s.reason}")
@@ -273,7 +275,7 @@ def add_parsers(sub: Any) -> dict[str, Callable[[GatewayConfig, argparse.Namespa
     )
     q.add_argument("--json", action="store_true", help="summary, structure sets and alerts")
     q.add_argument("--csv", action="store_true", help="the summary as CSV")
-    q.add_argument("--days", type=float, default=30.0, help="recent window (default: 30)")
+    q.add_argument("--days", type=int, default=30, help="recent window (default: 30)")
     qs = q.add_subparsers(dest="qa_command")
     s = qs.add_parser("sets", help="structure sets received: paired, compared or why not")
     s.add_argument("--json", action="store_true")

@@ -33,6 +33,21 @@ _TG263 = {
     "femurheadr": RoiSpec(name="Femur_Head_R", color=(0, 128, 0)),
     "anorectum": RoiSpec(name="Rectum_Anal", color=(0, 150, 200)),
 }
+# Names clinicians also use for the same structures (English and German), matched when an
+# approved structure set comes back (gateway.qa.pairing).
+_SYNONYMS = {
+    "prostategland": "prostate",
+    "prostata": "prostate",
+    "urinarybladder": "bladder",
+    "blase": "bladder",
+    "harnblase": "bladder",
+    "rektum": "rectum",
+    "enddarm": "rectum",
+    "samenblasen": "seminalves",
+    "seminalvesicle": "seminalves",
+    "penilebulbus": "penilebulb",
+    "bulbuspenis": "penilebulb",
+}
 
 
 def _key(name: str) -> str:
@@ -59,6 +74,7 @@ def canonical_name(name: str, roi_names: Mapping[str, RoiSpec]) -> str:
     for alias, spec in roi_names.items():
         if key in (_key(alias), _key(spec.name)):
             return _key(spec.name)
+    key = _SYNONYMS.get(key, key)
     if key in _TG263:
         return _key(_TG263[key].name)
     return key
