@@ -120,6 +120,10 @@ def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         )
         print(f"  rule {rule.name}: {' + '.join(rule.models)} -> {', '.join(rule.destinations)}")
         print(f"    structure set: {rois}")
+    if cfg.qa.peers:
+        print(f"  qa: approved structure sets from {', '.join(cfg.qa.peers)} are compared")
+    else:
+        print("  qa: no qa.peers: approved structure sets are kept but not compared")
     return 0
 
 

@@ -73,15 +73,18 @@ class QaLoop:
             return []
         approved = dcmread(rec.path)
         study = self.store.study(rec.study_uid)
-        candidates = self._ai_sets(study) if study is not None else []
-        ai, reason = pair(Answer.of(approved, rec), candidates)
+        if study is None:
+            raise PermanentError(
+                f"AIRCON holds no images of study {rec.study_uid}: never received here, or "
+                "purged after storage.retention_days"
+            )
+        ai, reason = pair(Answer.of(approved, rec), self._ai_sets(study))
         if ai is None:
             log.info(
                 "structure set %s of study %s pairs with nothing: %s", uid, rec.study_uid, reason
             )
             self.store.finish_structure_set(uid, self.clock(), reason=reason)
             return []
-        assert study is not None
         job = self.store.job(ai.job_id)
         assert job is not None and job.rtstruct_path
         reference = _reference(study, ai.reference_series)
