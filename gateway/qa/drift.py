@@ -265,8 +265,14 @@ def _candidates(
             if chart.centre is None or chart.sigma is None:
                 continue
             reach = far_factor * limit_sigma * chart.sigma
+            was_out = False
             for p in chart.points:
                 if p.baseline:
+                    continue
+                # Inside an excursion the chart's one alarm speaks for every case after its
+                # first: a sustained drift is one event, not a candidate per case.
+                inside, was_out = was_out, p.out
+                if inside and p.out:
                     continue
                 low = chart.metric is ChartMetric.SURFACE_DICE
                 if (p.value < chart.centre - reach) if low else (p.value > chart.centre + reach):

@@ -249,3 +249,16 @@ def test_incident_register_moves_and_audits(db: Store) -> None:
     )
     outcomes = [r["outcome"] for r in db.audit_rows() if r["event"] == "incident"]
     assert outcomes == ["candidate", "accepted", "closed"]
+
+
+def test_a_sustained_drift_is_one_alarm_not_a_candidate_per_case() -> None:
+    from gateway.qa.drift import CandidateReason
+    from gateway.qa.drift import evaluate as chart
+
+    result = chart(
+        [r for r in simulated_clinic() if r.roi == "Prostate"],
+        QaConfig().control,
+        candidate_dice=0.5,
+    )
+    far = [c for c in result.candidates if c.reason is CandidateReason.FAR_OUTSIDE]
+    assert len(result.alarms) == 1 and len(far) <= 1
