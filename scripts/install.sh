@@ -2,7 +2,7 @@
 # Install AIRCON on a fresh Debian/Ubuntu machine: system packages, then a virtual environment
 # in .venv with a CPU build of PyTorch.
 #   scripts/install.sh          the gateway and its models (demo included)
-#   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools, Chromium for the report screenshots)
+#   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools, Chromium)
 # On a GPU machine set TORCH_SPEC="torch torchvision" (CUDA build from PyPI) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -32,6 +32,7 @@ from gateway import imaging
 from gateway.config import GatewayConfig, RuleConfig
 from gateway.contour import rtstruct
 from gateway.contour.reader import rasterize_rtstruct
+from gateway.contour.structures import plan_structures
 from gateway.db.database import Store
 from gateway.errors import GatewayError
 from gateway.inference import ModelSlots, run_models, structure_set
@@ -124,6 +125,20 @@ def _run_case(ctx: _Context, index: int, folder: Path) -> CaseResult:
         result.error = str(exc)
     result.seconds = round(time.perf_counter() - t0, 2)
     if result.error:
+        # Every ROI of the model gets its row, so the CSV lists each case the set holds.
+        result.rows = [
+            RoiRow(
+                case=result.label,
+                study_uid=result.study_uid,
+                model=ctx.model.name,
+                model_version=ctx.model.version,
+                roi=p.roi.name,
+                reference_roi="",
+                status="not run",
+                note=result.error,
+            )
+            for p in plan_structures(ctx.rule, ctx.cfg.models, ctx.cfg.roi_names)
+        ]
         log.warning("case %s: %s", result.label, result.error)
     else:
         log.info("case %s: %d ROIs in %.1f s", result.label, len(result.rows), result.seconds)
