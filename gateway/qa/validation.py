@@ -123,6 +123,9 @@ def _run_case(ctx: _Context, index: int, folder: Path) -> CaseResult:
         _score(ctx, files, result)
     except (GatewayError, case_files.TruthError, ValueError) as exc:
         result.error = str(exc)
+    except Exception as exc:  # one odd case must not end the run: reported like a failed job
+        log.exception("case %s: unexpected error", result.label)
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
     result.seconds = round(time.perf_counter() - t0, 2)
     if result.error:
         # Every ROI of the model gets its row, so the CSV lists each case the set holds.
