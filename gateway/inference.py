@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, RuleConfig
 from gateway.db.database import Store
 from gateway.errors import GatewayError, PermanentError
 from gateway.failpoints import CrashPoints
@@ -27,6 +27,11 @@ from gateway.imaging import Volume, channels_on, labels_onto
 from gateway.job import JobOutcome, ModelOutcome, ModelState, RoiOutcome
 from gateway.segment.base import Grid
 from gateway.segment.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from gateway.contour.rtstruct import Structure
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,31 @@ def run_models(
     return out
 
 
+def structure_set(
+    cfg: GatewayConfig,
+    rule: RuleConfig,
+    run: ModelsRun,
+    runnable: Mapping[str, Sequence[str]],
+) -> tuple[list[Structure], Dataset]:
+    """The rule's structures made from ``run``'s label maps and the one RTSTRUCT holding them on
+    the reference series (``runnable``: model -> the series it read, as in the job's plan)."""
+    from gateway.contour import rtstruct
+    from gateway.contour.structures import plan_structures
+
+    assert run.reference is not None
+    maps, models = run.label_maps, cfg.models
+    planned = plan_structures(rule, models, cfg.roi_names, available=maps)
+    structures = [
+        rtstruct.Structure(maps[p.model] == p.label, p.roi, models[p.model].provenance)
+        for p in planned
+    ]
+    used = list(dict.fromkeys(u for m in maps for u in runnable[m]))
+    ds = rtstruct.build_structure_set(
+        run.reference, structures, cfg.rtstruct, input_series_uids=used
+    )
+    return structures, ds
+
+
 class JobRunner:
     """The run stage of a job: claim it under a lease, read its volumes, run its models, build
     and write the RTSTRUCT, record the typed outcome and open the deliveries."""
@@ -163,7 +193,6 @@ class JobRunner:
     def _run(self, job_id: int) -> None:
         from gateway import imaging
         from gateway.contour import rtstruct
-        from gateway.contour.structures import plan_structures
 
         job = self.store.job(job_id)
         assert job is not None
@@ -204,19 +233,7 @@ class JobRunner:
             log.warning("job %d failed: %s", job_id, partial or "no model produced a result")
             return
         t0 = time.perf_counter()
-        maps, models = run.label_maps, self.cfg.models
-        planned = plan_structures(rule, models, self.cfg.roi_names, available=maps)
-        structures = [
-            rtstruct.Structure(maps[p.model] == p.label, p.roi, models[p.model].provenance)
-            for p in planned
-        ]
-        used = list(dict.fromkeys(u for m in maps for u in plan.runnable[m]))
-        ds = rtstruct.build_structure_set(
-            run.reference,
-            structures,
-            self.cfg.rtstruct,
-            input_series_uids=used,
-        )
+        structures, ds = structure_set(self.cfg, rule, run, plan.runnable)
         out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
         rtstruct.write_dataset(ds, out)
         spacing = run.reference.image.GetSpacing()

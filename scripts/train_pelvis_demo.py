@@ -125,6 +125,8 @@ MODELS: dict[str, dict[str, Any]] = {
             "inputs": [_T2, _WATER],
             "guardrails": _GUARDRAILS,
             "labels": _LABELS,
+            # `aircon validate` thresholds (median over the test cases), set on phantoms only.
+            "qa": {"acceptance": {"*": {"dice_min": 0.85}}},
         },
     },
 }
