@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.errors import ConfigError
+from gateway.qa_policy import QaConfig
 from gateway.segment.registry import load_models, read_yaml
 from gateway.segment.spec import (
     Frozen,
@@ -245,40 +246,6 @@ class RtstructConfig(Frozen):
     manufacturer: str = "AIRCON"
     series_description: Annotated[str, Field(max_length=64)] = "AI contours - REVIEW REQUIRED"
     structure_set_label: Annotated[str, Field(max_length=16)] = "AI UNAPPROVED"
-
-
-class ControlChartConfig(Frozen):
-    """Control charts on surface Dice and added path length per model version and ROI
-    (gateway.qa.drift; docs/qa-drift.md). The baseline (centre and sigma) is the model.yaml
-    ``qa.baseline`` when given, else the first ``baseline_cases`` compared cases; sigma is never
-    taken below the floors (a run of unchanged contours has no spread)."""
-
-    baseline_cases: Annotated[int, Field(ge=3)] = 20
-    ewma_lambda: Annotated[float, Field(gt=0, le=1)] = 0.2
-    limit_sigma: Annotated[float, Field(gt=0)] = 3.0
-    min_sigma_surface_dice: Annotated[float, Field(gt=0)] = 0.02
-    min_sigma_apl_mm: Annotated[float, Field(gt=0)] = 10.0
-
-
-class QaConfig(Frozen):
-    """The clinical QA loop: approved structure sets sent back by ``peers`` are compared with
-    the AI structure set AIRCON sent for the same study.
-
-    ``peers``: calling AE titles (each also listed in ``peers`` of the gateway) whose RTSTRUCTs
-    are approved structure sets. ``tolerance_mm``: surface Dice tolerance, per clinic ROI name
-    in ``roi_tolerance_mm``; ``apl_tolerance_mm``: added path length tolerance.
-    ``candidate_dice``: a single case below this Dice (or an AI ROI deleted) is an incident
-    candidate."""
-
-    peers: tuple[AETitle, ...] = ()
-    tolerance_mm: Annotated[float, Field(gt=0)] = 2.0
-    roi_tolerance_mm: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
-    apl_tolerance_mm: Annotated[float, Field(ge=0)] = 1.0
-    candidate_dice: Annotated[float, Field(ge=0, le=1)] = 0.5
-    control: ControlChartConfig = ControlChartConfig()
-
-    def tolerance_for(self, roi: str) -> float:
-        return self.roi_tolerance_mm.get(roi, self.tolerance_mm)
 
 
 class RuleMatch(Frozen):

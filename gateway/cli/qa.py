@@ -160,15 +160,19 @@ def cmd_qa_alerts(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 def cmd_qa_report(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.cli import parse_when
+    from gateway.contour.rtstruct import gateway_version
     from gateway.qa import report
 
-    since = parse_when(args.since)
-    store = _store(cfg)
-    out = Path(args.out)
-    paths = report.write_monitoring_report(
-        store.qa_records(since=since), out, since=since, until=time.time(), cfg=cfg
+    since, until = parse_when(args.since), time.time()
+    files = report.monitoring_report(
+        _store(cfg).qa_records(since=since),
+        since,
+        until,
+        Path(args.out),
+        acceptance={name: spec.qa for name, spec in cfg.models.items()},
+        software_version=gateway_version(),
     )
-    for p in paths:
+    for p in (files.html, files.csv, files.summary_csv):
         print(p)
     return 0
 
@@ -257,7 +261,7 @@ def cmd_validate(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     if args.model not in cfg.models:
         known = ", ".join(sorted(cfg.models)) or "none"
         raise GatewayError(f"unknown model '{args.model}' (known: {known})")
-    return validation.main(cfg, args.model, Path(args.cases), Path(args.out))
+    return validation.main(cfg, args.model, Path(args.cases), Path(args.out) if args.out else None)
 
 
 # -- parsers --------------------------------------------------------------------------------------
@@ -332,7 +336,7 @@ def add_parsers(sub: Any) -> dict[str, Callable[[GatewayConfig, argparse.Namespa
     )
     v.add_argument("--model", required=True)
     v.add_argument("--cases", required=True)
-    v.add_argument("--out", default="validation-report")
+    v.add_argument("--out", default=None, help="output folder (default: validation-MODEL-DATE)")
 
     def qa(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         sub_command = {

@@ -29,6 +29,7 @@ from gateway.db.qa import QaQueries
 from gateway.db.records import (
     InstanceRecord,
 )
+from gateway.db.register import RegisterQueries
 from gateway.db.studies import StudyQueries
 from gateway.db.tables import (
     InstanceRow,
@@ -40,7 +41,7 @@ from gateway.db.work import WorkQueries
 from gateway.errors import UidConflict
 
 
-class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries, QaQueries):
+class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries, QaQueries, RegisterQueries):
     """All database access of the gateway."""
 
     def __init__(self, url: str):

@@ -40,8 +40,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.config import ControlChartConfig, QaConfig
 from gateway.db.records import QaRecord, QaStatus
+from gateway.qa_policy import ControlChartConfig, QaConfig
 from gateway.segment.spec import RoiBaseline
 
 # A single case this many individual-value limit distances (L sigma0) from the centre is far out.

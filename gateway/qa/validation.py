@@ -39,7 +39,7 @@ from gateway.inference import ModelSlots, run_models, structure_set
 from gateway.job import ModelState
 from gateway.qa import cases as case_files
 from gateway.qa.metrics import compare
-from gateway.qa.names import match_roi_names
+from gateway.qa.pairing import match_rois
 from gateway.qa.plots import OverlaySlice
 from gateway.qa.report import (
     Report,
@@ -194,7 +194,7 @@ def _score(ctx: _Context, files: case_files.CaseFiles, result: CaseResult) -> No
     image = sitk.GetArrayFromImage(reference.image)
     spacing = tuple(reversed(reference.image.GetSpacing()))
     names = [st.roi.name for st in structures]
-    pairs = match_roi_names(names, list(truth), cfg.roi_names)
+    pairs = match_rois(names, list(truth), cfg.roi_names).pairs
     date = str(reference.datasets[0].get("StudyDate", ""))
     for name in names:
         ai = ai_masks.get(name, np.zeros(image.shape, dtype=bool))

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from gateway.config import ControlChartConfig, QaConfig
 from gateway.db.records import QaRecord, QaStatus
 from gateway.qa.drift import (
     CandidateReason,
@@ -18,6 +17,7 @@ from gateway.qa.drift import (
     evaluate,
     evaluate_all,
 )
+from gateway.qa_policy import ControlChartConfig, QaConfig
 from gateway.segment.spec import RoiBaseline
 
 CONTROL = ControlChartConfig()  # baseline 20 cases, lambda 0.2, L = 3

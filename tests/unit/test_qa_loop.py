@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway.config import GatewayConfig, QaConfig, RoiSpec
+from gateway.config import GatewayConfig, RoiSpec
 from gateway.db.database import Store
 from gateway.db.records import QaRecord, QaStatus, StructureSetRecord, StructureSetState
 from gateway.qa.alarms import evaluate
 from gateway.qa.pairing import AiSet, Answer, match_rois, pair, rank
+from gateway.qa_policy import QaConfig
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
 from tests.unit.test_qa_drift import simulated_clinic

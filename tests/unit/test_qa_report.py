@@ -11,7 +11,7 @@ import pytest
 from gateway.config import RoiSpec
 from gateway.db.records import QaRecord, QaStatus
 from gateway.qa.cases import CaseFiles, TruthError, fingerprint, read_truth
-from gateway.qa.names import match_roi_names
+from gateway.qa.pairing import match_rois
 from gateway.qa.report import RoiRow, Verdict, judge_row, monitoring_report, overall, summarise
 from gateway.segment.spec import ModelQa
 
@@ -20,18 +20,18 @@ DAY = 86400.0
 
 def test_roi_names_pair_by_clinic_name_synonym_and_spelling() -> None:
     roi_names = {"prostate": RoiSpec(name="CTV_Prostate", color=(255, 0, 0))}
-    pairs = match_roi_names(
+    pairs = match_rois(
         ["CTV_Prostate", "Bladder", "SeminalVes", "Rectum", "Femur_L"],
         ["prostate", "bladder ", "Seminal Vesicles", "Bladder", "Bowel"],
         roi_names,
-    )
+    ).pairs
     assert pairs == {
         "CTV_Prostate": "prostate",  # through the clinic's name map
         "Bladder": "Bladder",  # the exact name wins over "bladder "
         "SeminalVes": "Seminal Vesicles",  # TG-263 synonym
     }
     # A name is used once: the second AI name that normalises to it stays unpaired.
-    assert match_roi_names(["Rectum", "RECTUM"], ["rectum"], {}) == {"Rectum": "rectum"}
+    assert match_rois(["Rectum", "RECTUM"], ["rectum"], {}).pairs == {"Rectum": "rectum"}
 
 
 def _row(roi: str, dice: float | None, **kw: object) -> RoiRow:
