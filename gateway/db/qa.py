@@ -1,6 +1,5 @@
-"""The clinical QA loop's records: returned structure sets (claimed under a lease like jobs)
-per-ROI QA results, alerts and the incident register. Every change of an alert or incident
-writes an audit row in the same transaction, so the register is exported with the audit."""
+"""The clinical QA loop's records: the structure sets sent back (claimed under a lease, like
+jobs) and the per-ROI QA results. Alerts and incidents: :mod:`gateway.db.register`."""
 
 from __future__ import annotations
 
