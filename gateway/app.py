@@ -126,7 +126,7 @@ class Gateway:
     def _purge_loop(self, stop: threading.Event) -> None:
         from gateway.retention import purge
 
-        roots = (self.cfg.paths.spool, self.cfg.paths.output)
+        roots = (self.cfg.paths.spool, self.cfg.paths.output, self.cfg.paths.returned)
         while not stop.wait(self.cfg.storage.purge_interval_s):
             try:
                 report = purge(self.store, self.cfg.storage, roots)

@@ -2,8 +2,9 @@
 
 A study qualifies when its last instance arrived before the cut-off, none of its jobs is
 waiting, queued, running, delivering or failed (a failed job may still be resent), and every
-delivery of its jobs was delivered. Its spool files, RTSTRUCT files and instance/series/study
-rows go; jobs, deliveries and the audit trail stay. Each purge is audited.
+delivery of its jobs was delivered, and no structure set sent back for it waits to be compared.
+Its spool files, RTSTRUCT files (ours and those sent back) and instance/series/study rows go;
+jobs, deliveries, structure-set rows, QA results and the audit trail stay. Each purge is audited.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class PurgeReport:
 def purge(
     store: Store, storage: StorageConfig, roots: tuple[Path, ...], now: float | None = None
 ) -> PurgeReport:
-    """Purge what retention allows; only files under ``roots`` (spool, output) are deleted."""
+    """Purge what retention allows; only files under ``roots`` (spool, output, returned) are
+    deleted."""
     now = time.time() if now is None else now
     cutoff = now - storage.retention_days * DAY_S
     resolved = tuple(r.resolve() for r in roots)

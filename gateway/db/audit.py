@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from gateway.db.records import DeliveryState, JobState
+from gateway.db.records import DeliveryState, JobState, StructureSetState
 from gateway.db.tables import (
     AUDIT_COLUMNS,
     AuditRow,
@@ -18,8 +18,11 @@ from gateway.db.tables import (
     InstanceRow,
     JobRow,
     SeriesRow,
+    StructureSetRow,
     StudyRow,
 )
+
+OPEN_SETS = (StructureSetState.PENDING.value, StructureSetState.COMPARING.value)
 
 
 class AuditQueries:
@@ -68,6 +71,13 @@ class AuditQueries:
                 if job.rtstruct_path:
                     paths.append(job.rtstruct_path)
                     job.rtstruct_path = None
+            # Structure sets sent back: their files go, their rows (and QA results) stay.
+            for returned in s.scalars(
+                select(StructureSetRow).where(StructureSetRow.study_uid == study_uid)
+            ):
+                if returned.path:
+                    paths.append(returned.path)
+                    returned.path = ""
             s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(series)))
             s.execute(delete(SeriesRow).where(SeriesRow.study_uid == study_uid))
             s.execute(delete(StudyRow).where(StudyRow.study_uid == study_uid))
@@ -82,6 +92,14 @@ def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[s
     for uid in s.scalars(query).all():
         jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
         if any(j.state != JobState.DONE.value for j in jobs):
+            continue
+        comparing = s.scalar(
+            select(func.count()).where(
+                StructureSetRow.study_uid == uid,
+                StructureSetRow.state.in_(OPEN_SETS),
+            )
+        )
+        if comparing:  # an approved set still to be compared needs the study's images
             continue
         undelivered = s.scalar(
             select(func.count(DeliveryRow.id)).where(

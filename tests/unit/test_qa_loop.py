@@ -263,3 +263,42 @@ def test_a_sustained_drift_is_one_alarm_not_a_candidate_per_case() -> None:
     )
     far = [c for c in result.candidates if c.reason is CandidateReason.FAR_OUTSIDE]
     assert len(result.alarms) == 1 and len(far) <= 1
+
+
+def test_retention_waits_for_a_pending_comparison_then_keeps_the_qa_results(
+    db: Store, tmp_path: Path
+) -> None:
+    from gateway.config import StorageConfig
+    from gateway.db.records import DeliveryState, InstanceRecord, JobState
+    from gateway.retention import DAY_S, purge
+
+    now = 100 * DAY_S
+    spool, returned = Spool(tmp_path / "spool"), Spool(tmp_path / "returned")
+    image = spool.write(STUDY, SERIES, "1.2.826.0.1.3.1", b"x")
+    db.record_instance(
+        InstanceRecord(
+            STUDY, SERIES, "1.2.826.0.1.3.1", "1.2.840.10008.5.1.4.1.1.4", str(image), {}, {}
+        ),
+        calling_ae="S",
+        called_ae="A",
+        now=now - 40 * DAY_S,
+    )
+    job = db.create_job(STUDY, "mr", ["pelvis-demo"], now - 40 * DAY_S)
+    [d] = db.create_deliveries(job.id, ["planning"])
+    db.update_delivery(d, state=DeliveryState.DELIVERED)
+    db.update_job(job.id, state=JobState.DONE)
+    receiver = Receiver(spool, db, qa_peers=("TPS",), returned=returned)
+    ds, raw = rtstruct()
+    receiver.accept(ds, raw, "TPS", "AIRCON", sop_class_uid=ds.SOPClassUID)
+    roots = (spool.root, returned.root)
+    storage = StorageConfig(retention_days=30)
+
+    assert purge(db, storage, roots, now=now).studies == 0  # its images are still needed
+    uid = str(ds.SOPInstanceUID)
+    db.claim_structure_set(uid, "o", now, 60)
+    db.finish_structure_set(uid, now, job_id=job.id, ai_uid="1.2", records=[qa_row(uid)])
+    assert purge(db, storage, roots, now=now).studies == 1
+    assert not image.exists() and not list(returned.root.rglob("*.dcm"))
+    assert [r.approved_uid for r in db.qa_records()] == [uid]  # the QA results stay
+    kept = db.structure_set(uid)
+    assert kept is not None and kept.state is StructureSetState.COMPARED and kept.path == ""
