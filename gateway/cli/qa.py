@@ -161,16 +161,34 @@ def cmd_qa_alerts(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 def cmd_qa_report(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.cli import parse_when
     from gateway.contour.rtstruct import gateway_version
-    from gateway.qa import report
+    from gateway.qa import drift, report
 
     since, until = parse_when(args.since), time.time()
+    store = _store(cfg)
+    everything = store.qa_records()
+
+    def baseline(key: drift.RoiKey) -> Any:
+        spec = cfg.models.get(key.model)
+        return spec.qa.baseline_for(key.roi) if spec and spec.version == key.model_version else None
+
+    events = [
+        (a.at, f"{a.kind} alarm ({a.state})", a.message)
+        for a in store.alerts()
+        if since <= a.at < until
+    ] + [
+        (i.opened_at, f"incident {i.id} ({i.state})", i.title)
+        for i in store.incidents()
+        if since <= i.opened_at < until
+    ]
     files = report.monitoring_report(
-        _store(cfg).qa_records(since=since),
+        [r for r in everything if r.at >= since],
         since,
         until,
         Path(args.out),
         acceptance={name: spec.qa for name, spec in cfg.models.items()},
         software_version=gateway_version(),
+        drift=drift.evaluate_all([r for r in everything if r.at < until], cfg.qa, baseline),
+        events=events,
     )
     for p in (files.html, files.csv, files.summary_csv):
         print(p)

@@ -68,6 +68,7 @@ def bland_altman(groups: Mapping[str, Sequence[Any]], reference: str) -> bytes:
     group's bias and 95 % limits of agreement (bias +/- 1.96 SD)."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot(1, 1, 1)
+    shown = 0
     for k, (name, rows) in enumerate(groups.items()):
         pairs = [
             (r.volume_ai, r.volume_ref)
@@ -76,6 +77,7 @@ def bland_altman(groups: Mapping[str, Sequence[Any]], reference: str) -> bytes:
         ]
         if not pairs:
             continue
+        shown += 1
         ai, ref = np.array(pairs, dtype=float).T
         mean, diff = (ai + ref) / 2, ai - ref
         colour = _COLOURS[k % len(_COLOURS)]
@@ -89,8 +91,10 @@ def bland_altman(groups: Mapping[str, Sequence[Any]], reference: str) -> bytes:
     ax.set_xlabel(f"mean of AI and {reference} volume (cm³)")
     ax.set_ylabel(f"AI - {reference} volume (cm³)")
     ax.set_title("Bland-Altman: volumes (solid: bias, dashed: bias ± 1.96 SD)", fontsize=10)
-    if groups:
+    if shown:
         ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no volumes", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -109,5 +113,36 @@ def overlay(s: OverlaySlice, title: str, reference: str) -> bytes:
             ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
     ax.set_title(f"{title}\nslice {s.slice_index}: {reference} green, AI red", fontsize=8)
     ax.set_axis_off()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def control_chart(title: str, charts: Sequence[Any]) -> bytes:
+    """The EWMA charts of one model version and ROI (``gateway.qa.drift.Chart``): each case's
+    value, the EWMA, the centre and the limits; baseline cases grey, cases out of control red."""
+    fig = Figure(figsize=(11.0, 2.8 * max(1, len(charts))))
+    for i, chart in enumerate(charts):
+        ax = fig.add_subplot(len(charts), 1, i + 1)
+        pts = list(chart.points)
+        if not pts:
+            ax.text(0.5, 0.5, "no cases yet", ha="center", va="center", transform=ax.transAxes)
+        base = [p for p in pts if p.baseline]
+        judged = [p for p in pts if not p.baseline and p.ewma is not None]
+        ax.plot([p.case for p in base], [p.value for p in base], "o", ms=3, color="#999999")
+        ax.plot([p.case for p in judged], [p.value for p in judged], "o", ms=3, color="#1f77b4")
+        if judged:
+            x = [p.case for p in judged]
+            ax.plot(x, [p.ewma for p in judged], "-", color="#1f77b4", label="EWMA")
+            ax.plot(x, [p.lower for p in judged], "--", color="#555555", lw=0.8, label="limits")
+            ax.plot(x, [p.upper for p in judged], "--", color="#555555", lw=0.8)
+            out = [p for p in judged if p.out]
+            ax.plot([p.case for p in out], [p.ewma for p in out], "o", color="#d62728", ms=6)
+        if chart.centre is not None:
+            ax.axhline(chart.centre, color="#2ca02c", lw=0.8, label="centre")
+        ax.set_title(f"{title}: {chart.metric.label} ({chart.baseline_source})", fontsize=10)
+        ax.set_xlabel("case", fontsize=8)
+        ax.grid(alpha=0.3)
+        if judged:
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _png(fig)

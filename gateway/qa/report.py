@@ -23,6 +23,7 @@ import importlib.resources
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,9 @@ class Report:
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
     overlays: dict[tuple[str, str], OverlaySlice] = field(default_factory=dict)
+    # Monitoring: control charts (title, PNG) and the period's alarms and incidents.
+    control_charts: list[tuple[str, bytes]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (when, what, text)
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,7 @@ def write_report(report: Report, out_dir: Path, stem: str = "report") -> ReportF
         metric_plot=_data_uri(plots.metric_plots(groups)) if groups else None,
         bland_altman=_data_uri(plots.bland_altman(groups, report.reference)) if groups else None,
         worst=worst_items,
+        control_charts=[(t, _data_uri(png)) for t, png in report.control_charts],
     )
     files.html.write_text(html, encoding="utf-8")
     return files
@@ -306,10 +311,14 @@ def monitoring_report(
     acceptance: Mapping[str, ModelQa] | None = None,
     software_version: str = "",
     stem: str = "qa-report",
+    drift: Sequence[Any] = (),
+    events: Sequence[tuple[float, str, str]] = (),
 ) -> ReportFiles:
     """The monitoring report of the approved structure sets compared in ``[since, until)``
     (epoch seconds): the same tables and figures as the validation report, the reference being
     what the clinicians approved. ``acceptance`` (model name -> model.yaml ``qa``) adds verdicts.
+    ``drift``: the control charts (:class:`gateway.qa.drift.RoiDrift`, evaluated over all cases,
+    not only the period's); ``events``: (when, kind, text) of the period's alarms and incidents.
     """
     acceptance = acceptance or {}
     chosen = sorted((r for r in records if since <= r.at < until), key=lambda r: r.at)
@@ -336,6 +345,14 @@ def monitoring_report(
         summaries=summaries,
         verdict=overall(summaries) if rows else Verdict.NO_THRESHOLDS,
         notes=[] if rows else ["no approved structure set was compared in this period"],
+        control_charts=[
+            (
+                f"{d.key.model} {d.key.model_version} {d.key.roi}: {d.state.value}",
+                plots.control_chart(f"{d.key.model} {d.key.model_version} {d.key.roi}", d.charts),
+            )
+            for d in drift
+        ],
+        events=[(day(t), kind, text) for t, kind, text in sorted(events)],
     )
     return write_report(report, out_dir, stem)
 

@@ -144,3 +144,28 @@ def test_truth_files_are_checked_and_fingerprinted(tmp_path: Path) -> None:
     assert before == fingerprint(["1.1", "1.2"], [labels])  # order of the UIDs does not count
     labels.write_bytes(b"y")
     assert fingerprint(["1.1", "1.2"], [labels]) != before
+
+
+def test_monitoring_report_shows_the_control_charts_and_the_periods_alarms(
+    tmp_path: Path,
+) -> None:
+    from gateway.qa.drift import evaluate_all
+    from gateway.qa_policy import QaConfig
+    from tests.unit.test_qa_drift import simulated_clinic
+
+    records = simulated_clinic()
+    drift = evaluate_all(records, QaConfig())
+    [alarm] = [a for d in drift for a in d.alarms]
+    files = monitoring_report(
+        records,
+        0.0,
+        records[-1].at + 1,
+        tmp_path,
+        drift=drift,
+        events=[(alarm.at, "drift alarm (open)", alarm.message)],
+    )
+    page = files.html.read_text()
+    assert "Control charts" in page and "Alarms and incidents in the period" in page
+    assert alarm.message in page
+    assert "Prostate: out_of_control" in page and "Bladder: in_control" in page
+    assert page.count("data:image/png;base64,") == 2 + len(drift)  # one chart image per ROI
