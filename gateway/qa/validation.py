@@ -303,4 +303,36 @@ def main(cfg: GatewayConfig, model: str, cases: Path, out: Path | None = None) -
         print(f"  {s.roi}: {s.verdict.value} ({s.scored}/{s.cases} cases, {shown})")
     for note in result.report.notes:
         print(f"  {note}")
+    baseline = suggested_baseline(result.report.rows)
+    if baseline:
+        path = result.files.html.parent / "baseline.yaml"
+        path.write_text(baseline, encoding="utf-8")
+        print(f"  control-chart baseline from these cases (model.yaml qa.baseline): {path}")
     return 0 if result.verdict is Verdict.PASS else 1
+
+
+def suggested_baseline(rows: Sequence[Any]) -> str:
+    """A model.yaml ``qa:`` block with each ROI's mean and sample SD of surface Dice and APL
+    over the scored cases (at least 3), for the control charts to start from instead of the
+    first clinical cases (docs/qa-drift.md). "" when no ROI has 3 scored cases."""
+    import statistics
+
+    import yaml
+
+    by_roi: dict[str, list[Any]] = {}
+    for r in rows:
+        if r.surface_dice is not None and r.apl is not None:
+            by_roi.setdefault(r.roi, []).append(r)
+    baseline = {}
+    for roi, scored in sorted(by_roi.items()):
+        if len(scored) < 3:
+            continue
+        entry = {}
+        for key, attr in (("surface_dice", "surface_dice"), ("apl_mm", "apl")):
+            values = [float(getattr(r, attr)) for r in scored]
+            entry[key] = [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4)]
+        baseline[roi] = entry
+    if not baseline:
+        return ""
+    head = "# From aircon validate: paste under the model's qa: in model.yaml after review.\n"
+    return head + yaml.safe_dump({"qa": {"baseline": baseline}}, sort_keys=False)

@@ -6,6 +6,8 @@ every case through ``predict_single_npy_array``: no files, no worker processes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -106,16 +108,21 @@ class NnUNetSegmenter:
             torch.set_num_threads(self._cfg.threads)
         nn = self.spec.nnunet
         assert nn is not None, "NnUNetSegmenter needs a model of kind nnunet"
-        predictor = nnUNetPredictor(
-            tile_step_size=nn.tile_step_size,
-            use_gaussian=True,
-            use_mirroring=nn.use_mirroring,
-            perform_everything_on_device=device.type == "cuda",
-            device=device,
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
+        # nnU-Net prints a notice on CPU devices: keep it off our commands' stdout (log it).
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            predictor = nnUNetPredictor(
+                tile_step_size=nn.tile_step_size,
+                use_gaussian=True,
+                use_mirroring=nn.use_mirroring,
+                perform_everything_on_device=device.type == "cuda",
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+        if printed.getvalue().strip():
+            logger.debug("nnU-Net: %s", printed.getvalue().strip())
         try:
             predictor.initialize_from_trained_model_folder(
                 str(self.spec.trained_model_folder),
