@@ -158,9 +158,12 @@ class Pipeline:
 
     def compare(self, structure_set_uid: str) -> None:
         """An approved structure set came back: pair it and compare it (gateway.qa)."""
+        self._qa().compare(structure_set_uid)
+
+    def _qa(self) -> Any:
         from gateway.qa.loop import QaLoop
 
-        QaLoop(self.cfg, self.store, owner=self.owner, clock=self.clock).compare(structure_set_uid)
+        return QaLoop(self.cfg, self.store, owner=self.owner, clock=self.clock)
 
     # -- send ----------------------------------------------------------------------------------
 
@@ -216,6 +219,11 @@ class Pipeline:
                     self.cfg.assembly.interrupted_wait_s,
                 )
         self.store.schedule_open_work(now)
+        self.store.reclaim_structure_sets(now, owner_is_dead)
+        try:  # a process that died between a comparison and its charts loses no alarm
+            self._qa().evaluate()
+        except Exception:
+            log.exception("QA control charts could not be evaluated at start")
 
 
 def _received(study: StudyInfo, series_uids: list[str]) -> dict[str, float]:

@@ -4,11 +4,16 @@ one frozen config; kept here so that each stays a readable size."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field
 
 from gateway.segment.spec import Frozen
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 class ControlChartConfig(Frozen):
@@ -42,4 +47,9 @@ class QaConfig(Frozen):
     control: ControlChartConfig = ControlChartConfig()
 
     def tolerance_for(self, roi: str) -> float:
-        return self.roi_tolerance_mm.get(roi, self.tolerance_mm)
+        """The ROI's tolerance; names compared without case, spaces or punctuation."""
+        key = _key(roi)
+        return next(
+            (mm for name, mm in self.roi_tolerance_mm.items() if _key(name) == key),
+            self.tolerance_mm,
+        )

@@ -279,7 +279,8 @@ def cmd_validate(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     if args.model not in cfg.models:
         known = ", ".join(sorted(cfg.models)) or "none"
         raise GatewayError(f"unknown model '{args.model}' (known: {known})")
-    return validation.main(cfg, args.model, Path(args.cases), Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    return validation.main(cfg, args.model, Path(args.cases), out, keep_rtstruct=args.keep_rtstruct)
 
 
 # -- parsers --------------------------------------------------------------------------------------
@@ -355,6 +356,11 @@ def add_parsers(sub: Any) -> dict[str, Callable[[GatewayConfig, argparse.Namespa
     v.add_argument("--model", required=True)
     v.add_argument("--cases", required=True)
     v.add_argument("--out", default=None, help="output folder (default: validation-MODEL-DATE)")
+    v.add_argument(
+        "--keep-rtstruct",
+        action="store_true",
+        help="also keep the RTSTRUCTs made (under OUT/rtstruct; they hold patient data)",
+    )
 
     def qa(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         sub_command = {

@@ -109,20 +109,36 @@ def rasterize_rtstruct(
     :class:`Volume`. Contours are matched to slices by ReferencedSOPInstanceUID, falling back to
     the nearest slice plane within half a slice spacing; others are skipped with a warning.
     Only CLOSED_PLANAR contours are filled. ROIs without contours get an empty mask.
+    Malformed items (an ROI without a number or name, ContourData that is not 3-D points, not
+    finite) are skipped with a warning, so the rest of the structure set is still read.
     """
     ref = _Reference.of(reference)
-    names = {int(roi.ROINumber): str(roi.ROIName) for roi in rtstruct.StructureSetROISequence}
+    names: dict[int, str] = {}
+    for roi in rtstruct.get("StructureSetROISequence", []):
+        try:
+            names[int(roi.ROINumber)] = str(roi.ROIName)
+        except (AttributeError, TypeError, ValueError):
+            logger.warning("an ROI without a valid ROINumber or ROIName: skipped")
     masks = {name: np.zeros(ref.shape, dtype=bool) for name in names.values()}
     for roi_contour in rtstruct.get("ROIContourSequence", []):
-        name = names.get(int(roi_contour.ReferencedROINumber))
+        try:
+            name = names.get(int(roi_contour.ReferencedROINumber))
+        except (AttributeError, TypeError, ValueError):
+            name = None
         if name is None:
-            logger.warning("ROI contour for unknown ROI number %s", roi_contour.ReferencedROINumber)
+            logger.warning("an ROI contour refers to no ROI of the structure set: skipped")
             continue
         rings: dict[int, list[np.ndarray]] = {}
         for contour in roi_contour.get("ContourSequence", []):
             if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
                 continue
-            points = _contour_points(contour)
+            try:
+                points = _contour_points(contour)
+            except (AttributeError, TypeError, ValueError):
+                points = np.empty((0, 3))
+            if not len(points) or not np.isfinite(points).all():
+                logger.warning("ROI %s: a contour without valid ContourData: skipped", name)
+                continue
             k = ref.slice_of(contour, points)
             if k is None:
                 logger.warning("ROI %s: a contour lies on no slice of the reference", name)

@@ -113,6 +113,20 @@ class QaQueries:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+    def release_structure_set(self, uid: str) -> None:
+        """COMPARING -> PENDING (an interruption that was not the structure set's fault)."""
+        with self.session() as s:
+            s.execute(
+                update(StructureSetRow)
+                .where(
+                    StructureSetRow.sop_instance_uid == uid,
+                    StructureSetRow.state == StructureSetState.COMPARING.value,
+                )
+                .values(
+                    state=StructureSetState.PENDING.value, lease_owner=None, lease_expires_at=None
+                )
+            )
+
     def reclaim_structure_sets(self, now: float, is_dead: Callable[[str], bool]) -> list[str]:
         """Comparisons whose lease expired or whose owner died: pending again."""
         taken = []

@@ -51,6 +51,20 @@ def evaluate(
             ):
                 alarms += 1
                 log.warning("QA drift alarm: %s", alarm.message)
+        raised = {c.key for c in result.candidates}
+        for old in store.incidents(state="candidate"):
+            if (old.model, old.model_version, old.roi) != (model, version, roi):
+                continue
+            if old.key and old.opened_by == "aircon" and old.key not in raised:
+                # Raised by a version of an approved set that a later version superseded.
+                store.update_incident(
+                    old.id,
+                    now,
+                    "aircon",
+                    "dismissed",
+                    actions="dismissed: a later approved version no longer shows it",
+                )
+                log.info("QA incident candidate %d dismissed: superseded", old.id)
         for c in result.candidates:
             new = store.add_incident(
                 now,

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from gateway.config import GatewayConfig
 from gateway.contour.reader import rasterize_rtstruct
 from gateway.db.database import Store
-from gateway.db.records import QaRecord, QaStatus, StudyInfo
+from gateway.db.records import JobState, QaRecord, QaStatus, StudyInfo
 from gateway.errors import PermanentError
 from gateway.imaging import sort_slices
 from gateway.job import Provenance
@@ -29,6 +30,9 @@ from gateway.qa.pairing import AiSet, Answer, match_rois, pair, rank
 from gateway.receive.structure_sets import frame_of_reference
 
 log = logging.getLogger(__name__)
+
+# What reading a malformed RTSTRUCT raises: the set is unusable, not the gateway.
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, InvalidDicomError)
 
 
 class QaLoop:
@@ -57,15 +61,29 @@ class QaLoop:
             log.warning("structure set %s not compared: %s", uid, exc)
             self.store.finish_structure_set(uid, self.clock(), reason=str(exc))
             return
-        except Exception as exc:
-            log.exception("structure set %s: comparison failed", uid)
-            reason = f"comparison failed: {type(exc).__name__}: {exc}"
+        except UNREADABLE as exc:
+            # From the file: never echo its values (they may hold anything, names included).
+            log.warning("structure set %s could not be read: %s", uid, type(exc).__name__)
+            reason = f"the structure set could not be read ({type(exc).__name__} in its ROIs)"
             self.store.finish_structure_set(uid, self.clock(), reason=reason)
             return
+        except Exception as exc:
+            # Not the file's fault (database, disk, memory): back to pending, tried again.
+            log.error("structure set %s: comparison interrupted (%s)", uid, type(exc).__name__)
+            self.store.release_structure_set(uid)
+            return
         if records:
-            from gateway.qa.alarms import evaluate
+            self.evaluate({(r.model, r.model_version, r.roi) for r in records})
 
-            evaluate(self.cfg, self.store, {(r.model, r.model_version, r.roi) for r in records})
+    def evaluate(self, keys: set[tuple[str, str, str]] | None = None) -> None:
+        """Re-run the control charts of ``keys`` (all, when None: at start, so that a process
+        that died between a comparison and its charts loses no alarm)."""
+        from gateway.qa.alarms import evaluate
+
+        if keys is None:
+            keys = {(r.model, r.model_version, r.roi) for r in self.store.qa_records()}
+        if keys:
+            evaluate(self.cfg, self.store, keys)
 
     def _compare(self, uid: str) -> list[QaRecord]:
         rec = self.store.structure_set(uid)
@@ -124,7 +142,9 @@ class QaLoop:
     def _ai_sets(self, study: StudyInfo) -> list[AiSet]:
         out = []
         for job in self.store.jobs_of_study(study.study_uid):
-            if not job.rtstruct_uid or not job.rtstruct_path:
+            # Only what was sent: a job whose structure set never reached a destination
+            # cannot have come back approved.
+            if not job.rtstruct_uid or not job.rtstruct_path or job.state != JobState.DONE.value:
                 continue
             ref = job.job_outcome.reference_series
             series = next((s for s in study.series if s.series_uid == ref), None)
@@ -139,6 +159,7 @@ class QaLoop:
                     frame,
                     ref,
                     frozenset(series.paths),
+                    frozenset(p.label for p in job.job_outcome.ran),
                 )
             )
         return out
@@ -172,11 +193,22 @@ def compare_sets(
     added. Both read onto ``reference`` (the sorted primary series) by the same reader."""
     import dataclasses
 
+    names = [str(r.get("ROIName", "")) for r in approved.get("StructureSetROISequence", [])]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PermanentError(f"ROI name(s) {', '.join(map(repr, twice))[:200]} appear twice")
     ai_masks = rasterize_rtstruct(ai, reference)
     approved_masks = {n: m for n, m in rasterize_rtstruct(approved, reference).items() if m.any()}
+    if not approved_masks:
+        # Every AI ROI "deleted" is far likelier a set whose contours we could not place.
+        raise PermanentError(
+            "no contour of the approved structure set lies on the AI set's image series"
+        )
     match = match_rois(list(ai_masks), list(approved_masks), cfg.roi_names)
     spacing = _spacing(reference)
-    fallback = next(iter(provenance.values()), Provenance("", ""))
+    models = {p.label: p for p in provenance.values()}
+    # An added ROI belongs to no model; with one model in the set it is that model's.
+    fallback = next(iter(models.values())) if len(models) == 1 else Provenance("", "")
     out = []
     for name, mask in ai_masks.items():
         prov = provenance.get(name, fallback)
@@ -197,14 +229,14 @@ def compare_sets(
         )
         kept = {f.name for f in dataclasses.fields(QaRecord)}
         values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name in kept}
-        out.append(dataclasses.replace(row, approved_roi=other, **values))
+        out.append(dataclasses.replace(row, approved_roi=other[:64], **values))
     for name in match.added:
         out.append(
             dataclasses.replace(
                 base,
                 model=fallback.model_name,
                 model_version=fallback.model_version,
-                approved_roi=name,
+                approved_roi=name[:64],
                 status=QaStatus.ADDED,
             )
         )

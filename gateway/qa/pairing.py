@@ -19,6 +19,7 @@ from gateway.db.records import StructureSetRecord
 
 # Which version of several answering the same AI set counts: approved over unapproved, then
 # the latest StructureSetDate/Time, then the last received.
+_ROIS = "StructureSetROISequence"
 _APPROVAL_RANK = {"APPROVED": 2, "": 1, "UNAPPROVED": 0}
 
 
@@ -40,6 +41,7 @@ class AiSet:
     frame_of_reference_uid: str
     reference_series: str
     reference_instances: frozenset[str]  # SOP Instance UIDs of the reference series
+    models: frozenset[str] = frozenset()  # provenance labels ("name version") of its ROIs
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Answer:
     approval_status: str
     contour_images: frozenset[str]  # ReferencedSOPInstanceUID of every contour
     referenced_series: frozenset[str]  # RTReferencedSeriesSequence
+    # What it says of its origin: ROIGenerationDescription, StructureSetDescription and the
+    # contributing equipment's software versions (kept by planning systems that keep them).
+    origin: str = ""
 
     @classmethod
     def of(cls, ds: Dataset, rec: StructureSetRecord) -> Answer:
@@ -65,6 +70,10 @@ class Answer:
             for study in ref.get("RTReferencedStudySequence", []):
                 for s in study.get("RTReferencedSeriesSequence", []):
                     series.add(str(s.get("SeriesInstanceUID", "")))
+        told = [str(ds.get("StructureSetDescription", ""))]
+        told += [str(r.get("ROIGenerationDescription", "")) for r in ds.get(_ROIS, [])]
+        for item in ds.get("ContributingEquipmentSequence", []):
+            told.append(str(item.get("SoftwareVersions", "")))
         return cls(
             rec.sop_instance_uid,
             rec.study_uid,
@@ -72,12 +81,17 @@ class Answer:
             rec.approval_status,
             frozenset(images - {""}),
             frozenset(series - {""}),
+            "\n".join(told),
         )
 
 
 def pair(answer: Answer, candidates: Sequence[AiSet]) -> tuple[AiSet | None, str]:
-    """The AI set this approved set answers (the latest job's when several do), or None and
-    the reason in words."""
+    """The AI set this approved set answers, or None and the reason in words.
+
+    Of several AI sets on the same series (the study was sent again, perhaps after a model
+    upgrade), the one whose models (name and version) the approved set still names; when it
+    names none, the latest one, unless they came from different model versions: then which was
+    edited cannot be told, and the set is not paired."""
     if answer.approval_status == "REJECTED":
         return None, "its ApprovalStatus is REJECTED: not compared"
     if any(c.rtstruct_uid == answer.sop_instance_uid for c in candidates):
@@ -95,7 +109,18 @@ def pair(answer: Answer, candidates: Sequence[AiSet]) -> tuple[AiSet | None, str
     if not on_series:
         ours = ", ".join(sorted({c.reference_series for c in same_frame}))
         return None, f"its contours are not on the AI structure set's image series ({ours})"
-    return max(on_series, key=lambda c: c.job_id), ""
+    if len({c.rtstruct_uid for c in on_series}) == 1:
+        return max(on_series, key=lambda c: c.job_id), ""
+    named = [c for c in on_series if c.models and all(m in answer.origin for m in c.models)]
+    if named:
+        return max(named, key=lambda c: c.job_id), ""
+    if len({c.models for c in on_series}) == 1:
+        return max(on_series, key=lambda c: c.job_id), ""
+    jobs = ", ".join(f"job {c.job_id} ({', '.join(sorted(c.models))})" for c in on_series)
+    return None, (
+        f"AI structure sets of several model versions are on this series ({jobs}) and the "
+        "approved set names none of them: which was edited cannot be told"
+    )
 
 
 def _on_series(answer: Answer, ai: AiSet) -> bool:

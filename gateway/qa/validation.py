@@ -86,7 +86,9 @@ class ValidationResult:
 class _Context:
     """What every case shares: config, model, the pseudo-rule, the segmenters, a database."""
 
-    def __init__(self, cfg: GatewayConfig, model: str, out_dir: Path, store: Store):
+    def __init__(
+        self, cfg: GatewayConfig, model: str, out_dir: Path, store: Store, rtstruct_dir: Path
+    ):
         self.cfg = cfg
         self.model = cfg.models[model]
         self.rule = RuleConfig(name="validate", models=(model,), destinations=("none",))
@@ -94,6 +96,11 @@ class _Context:
         self.slots = ModelSlots()
         self.out_dir = out_dir
         self.store = store
+        self.rtstruct_dir = rtstruct_dir  # the RTSTRUCTs made (they hold patient data)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def _identity_words(datasets: Sequence[pydicom.Dataset]) -> set[str]:
@@ -101,14 +108,15 @@ def _identity_words(datasets: Sequence[pydicom.Dataset]) -> set[str]:
     for ds in datasets:
         for kw in ("PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDs"):
             value = str(ds.get(kw, "") or "")
-            words.update(w.lower() for w in re.split(r"[\^\s,\\=]+", value) if len(w) >= 3)
+            parts = [value, *re.split(r"[\^\s,\\=]+", value)]
+            words.update(w for w in map(_plain, parts) if len(w) >= 3)
     return words
 
 
 def case_label(folder: Path, index: int, datasets: Sequence[pydicom.Dataset]) -> str:
-    """The folder's name, unless it holds the patient's name, ID or birth date: then
-    ``case-<index>`` (the report never shows patient data)."""
-    name = folder.name.lower()
+    """The folder's name, unless it holds the patient's name, ID or birth date (compared
+    without case or punctuation): then ``case-<index>`` (the report never shows patient data)."""
+    name = _plain(folder.name)
     if any(w in name for w in _identity_words(datasets)):
         return f"case-{index:03d}"
     return folder.name
@@ -186,7 +194,7 @@ def _score(ctx: _Context, files: case_files.CaseFiles, result: CaseResult) -> No
     if outcome.state is not ModelState.DONE or run.reference is None:
         raise ValueError(f"model failed: {outcome.reason}")
     structures, ds = structure_set(cfg, ctx.rule, run, runnable)
-    written = ctx.out_dir / "rtstruct" / f"{result.label}.dcm"
+    written = ctx.rtstruct_dir / f"{result.label}.dcm"
     rtstruct.write_dataset(ds, written)
     reference = run.reference
     ai_masks = rasterize_rtstruct(pydicom.dcmread(written), reference)
@@ -231,11 +239,18 @@ def _overlay(
 
 
 def validate(
-    cfg: GatewayConfig, model_name: str, cases_dir: Path, out_dir: Path
+    cfg: GatewayConfig,
+    model_name: str,
+    cases_dir: Path,
+    out_dir: Path,
+    *,
+    keep_rtstruct: bool = False,
 ) -> ValidationResult:
     """Run ``model_name`` on every case under ``cases_dir`` and write the report into
-    ``out_dir`` (``validation.html``, ``validation.csv``, ``validation-summary.csv`` and the
-    RTSTRUCTs made, under ``rtstruct/``). Raises ValueError for an unknown model or no cases."""
+    ``out_dir`` (``validation.html``, ``validation.csv``, ``validation-summary.csv``; with
+    ``keep_rtstruct`` also the RTSTRUCTs made, under ``rtstruct/``: DICOM objects that carry
+    the cases' patient data, unlike the report). Raises ValueError for an unknown model or no
+    cases."""
     t0 = time.perf_counter()
     if model_name not in cfg.models:
         raise ValueError(f"unknown model '{model_name}' (known: {', '.join(sorted(cfg.models))})")
@@ -245,7 +260,8 @@ def validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="aircon-validate-") as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'validate.db'}")
-        ctx = _Context(cfg, model_name, out_dir, store)
+        made = out_dir / "rtstruct" if keep_rtstruct else Path(tmp) / "rtstruct"
+        ctx = _Context(cfg, model_name, out_dir, store, made)
         results = [_run_case(ctx, i, f) for i, f in enumerate(folders, start=1)]
         store.engine.dispose()
     spec = ctx.model
@@ -286,12 +302,19 @@ def validate(
     return ValidationResult(verdict, report, files, results, seconds)
 
 
-def main(cfg: GatewayConfig, model: str, cases: Path, out: Path | None = None) -> int:
+def main(
+    cfg: GatewayConfig,
+    model: str,
+    cases: Path,
+    out: Path | None = None,
+    *,
+    keep_rtstruct: bool = False,
+) -> int:
     """``aircon validate``: 0 when every ROI passes, 1 when one fails, a case could not be
     scored or no thresholds are set, 2 on an error (unknown model, no cases)."""
     out = out or Path(f"validation-{model}-{datetime.date.today():%Y%m%d}")
     try:
-        result = validate(cfg, model, cases, out)
+        result = validate(cfg, model, cases, out, keep_rtstruct=keep_rtstruct)
     except (ValueError, OSError) as exc:
         log.error("validation failed: %s", exc)
         print(f"error: {exc}")

@@ -254,22 +254,39 @@ class Receiver:
 
     def _accept_structure_set(self, ds: Dataset, encoded: bytes, calling_ae: str) -> None:
         """Keep an RTSTRUCT durably for the QA loop (``gateway.qa``); from a peer that is not
-        a ``qa.peers`` sender it is kept and listed as unpaired, with that reason."""
+        a ``qa.peers`` sender it is kept and listed as unpaired, with that reason. A resend of
+        one already taken (being compared, compared, superseded), or any resend from a peer
+        that is not a QA sender, changes nothing: the file stays what was compared."""
+        from gateway.db.records import StructureSetState
+
         rec = describe_structure_set(ds, calling_ae)
-        self._check_space()
+        peer = calling_ae in self.qa_peers
+        known = self.store.structure_set(rec.sop_instance_uid)
+        open_states = (StructureSetState.PENDING, StructureSetState.UNPAIRED)
+        if known is not None and (known.state not in open_states or not peer):
+            self._audit(
+                "qa",
+                "received again",
+                calling_ae=calling_ae,
+                study_uid=rec.study_uid,
+                series_uid=rec.series_uid,
+                instances=1,
+                detail=f"structure set {rec.sop_instance_uid} ({known.state.value}): kept as is",
+            )
+            return
+        self._check_space(self.returned)
         path = self.returned.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
         rec = dataclasses.replace(rec, path=str(path), size=len(encoded), received_at=time.time())
-        reason = ""
-        if calling_ae not in self.qa_peers:
-            reason = f"sent by {calling_ae!r}, which is not one of qa.peers: not compared"
+        reason = "" if peer else f"sent by {calling_ae!r}, which is not one of qa.peers"
         self.store.record_structure_set(rec, reason)
         self.crash.hit("receive.before_ack")
 
-    def _check_space(self) -> None:
-        free_mb = self.spool.free_mb()
+    def _check_space(self, spool: Spool | None = None) -> None:
+        free_mb = (spool or self.spool).free_mb()
         if free_mb < self.storage.min_free_mb:
+            where = "the spool" if spool is None else "paths.returned"
             raise OutOfResources(
-                f"disk guard: {free_mb:.0f} MB free under the spool, below "
+                f"disk guard: {free_mb:.0f} MB free under {where}, below "
                 f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
             )
 
@@ -334,7 +351,8 @@ class Receiver:
                 continue
             size = path.stat().st_size
             rec = dataclasses.replace(rec, size=size, received_at=path.stat().st_mtime)
-            self.store.record_structure_set(rec, "")  # unacknowledged: its sender will resend
+            # Its row was lost: who sent it is unknown, so it is not compared unless sent again.
+            self.store.record_structure_set(rec, "sender unknown after a restart: send it again")
             n += 1
         if n:
             log.warning("re-recorded %d returned structure set(s) from disk", n)

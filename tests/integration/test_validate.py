@@ -120,7 +120,8 @@ def test_validate_ten_phantoms_passes_and_renders(tmp_path: Path) -> None:
     t0 = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "gateway", "-c", str(config), "validate"]
-        + ["--model", "pelvis-dixon-demo", "--cases", str(cases), "--out", str(out)],
+        + ["--model", "pelvis-dixon-demo", "--cases", str(cases), "--out", str(out)]
+        + ["--keep-rtstruct"],
         capture_output=True,
         text=True,
         timeout=600,
