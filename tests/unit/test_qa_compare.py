@@ -239,3 +239,29 @@ def test_a_returned_file_without_its_row_is_listed_not_compared(
 def test_roi_tolerances_are_looked_up_like_roi_names() -> None:
     qa = QaConfig(roi_tolerance_mm={"rectum": 3.0})
     assert qa.tolerance_for("Rectum") == 3.0 and qa.tolerance_for("Bladder") == 2.0
+
+
+def test_a_draft_that_deleted_an_roi_then_the_final_version_restores_it(
+    tmp_path: Path, phantom: Any
+) -> None:
+    """The draft (earlier, deleting the rectum) raises a candidate; the final approved version
+    with the rectum supersedes it and the candidate is dismissed, audited."""
+    site = Site(tmp_path, phantom)
+    _, ai = site.job("1.0")
+    draft = approve(ai, StructureSetDate="20261101", StructureSetTime="080000")
+    number = next(int(r.ROINumber) for r in draft.StructureSetROISequence if r.ROIName == "Rectum")
+    draft.ROIContourSequence = [
+        c for c in draft.ROIContourSequence if int(c.ReferencedROINumber) != number
+    ]
+    site.send_back(draft)
+    [candidate] = site.store.incidents(state="candidate")
+    assert candidate.roi == "Rectum" and "deleted" in candidate.title
+    final = approve(ai, StructureSetDate="20261102", StructureSetTime="080000")
+    site.send_back(final)
+    assert site.state(str(draft.SOPInstanceUID)).state is StructureSetState.SUPERSEDED
+    assert site.store.incidents(state="candidate") == []
+    [dismissed] = site.store.incidents(state="dismissed")
+    assert dismissed.id == candidate.id and dismissed.decided_by == "aircon"
+    assert any(
+        r["event"] == "incident" and r["outcome"] == "dismissed" for r in site.store.audit_rows()
+    )
