@@ -27,6 +27,7 @@ from gateway.imaging import sort_slices
 from gateway.job import Provenance
 from gateway.qa import metrics
 from gateway.qa.pairing import AiSet, Answer, match_rois, pair, rank
+from gateway.receive.receiver import patient_key
 from gateway.receive.structure_sets import frame_of_reference
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,14 @@ class QaLoop:
             )
             self.store.finish_structure_set(uid, self.clock(), reason=reason)
             return []
+        series = next(s for s in study.series if s.series_uid == ai.reference_series)
+        if series.patient_key and patient_key(approved, self.store.patient_salt) != (
+            series.patient_key
+        ):
+            raise PermanentError(
+                "its patient (PatientID, IssuerOfPatientID) is not the patient of the AI "
+                "structure set's images: not compared"
+            )
         job = self.store.job(ai.job_id)
         assert job is not None and job.rtstruct_path
         reference = _reference(study, ai.reference_series)

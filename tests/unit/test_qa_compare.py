@@ -265,3 +265,11 @@ def test_a_draft_that_deleted_an_roi_then_the_final_version_restores_it(
     assert any(
         r["event"] == "incident" and r["outcome"] == "dismissed" for r in site.store.audit_rows()
     )
+
+
+def test_an_approved_set_of_another_patient_is_not_compared(tmp_path: Path, phantom: Any) -> None:
+    site = Site(tmp_path, phantom)
+    _, ai = site.job("1.0")
+    rec = site.state(site.send_back(approve(ai, PatientID="PID-OTHER")))
+    assert rec.state is StructureSetState.UNPAIRED and "not the patient" in rec.reason
+    assert "PID" not in rec.reason and site.store.qa_records() == []
