@@ -135,7 +135,24 @@ def test_clinician_edits_come_back_and_are_measured(make_gateway, orthanc, tmp_p
     )
     assert len(gw.store().qa_records()) == len(pairing["rois"])
 
-    # No patient name, ID or birth date in the tables, the log, the listings or the report.
+    # The physicist registers an incident about this job (the register links it to the study
+    # and model version); then: no patient name, ID or birth date in the tables (qa, alerts,
+    # incidents, structure sets, audit), the log, the listings or the report.
+    _cli(
+        gw.config_path,
+        "incident",
+        "open",
+        "--job",
+        str(job["job"]),
+        "--severity",
+        "low",
+        "--description",
+        "prostate apex under-contoured on three slices",
+        "--by",
+        "J. Physicist",
+    )
+    [incident] = json.loads(_cli(gw.config_path, "incident", "list", "--json"))
+    assert incident["study_uid"] == job["study_uid"] and incident["model_version"]
     con = sqlite3.connect(gw.cfg.database.url.removeprefix("sqlite:///"))
     try:
         tables = "\n".join(con.iterdump())
