@@ -202,8 +202,11 @@ def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=free_port())
     node.start()
     try:
+        # The kill may come before the gateway saw the association's release: the study then
+        # counts as cut off and waits interrupted_wait_s for its sender, kept short here.
         gw = make_gateway(
-            destination_port=node.port, assembly={"series_quiet_s": 5, "study_timeout_s": 300}
+            destination_port=node.port,
+            assembly={"series_quiet_s": 5, "study_timeout_s": 300, "interrupted_wait_s": 5},
         )
         gw.start()
         assert gw.storescu(tmp_path / "study").returncode == 0
