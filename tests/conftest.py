@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway.db.database import Store
-from gateway.demo.launcher import Gateway, free_port, write_config
+from gateway.demo.launcher import Gateway, free_port, free_ports, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -139,7 +139,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(exe).exists():
         pytest.skip("Debian's orthanc is not installed")
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = free_ports(2)
     db = tmp_path / "orthanc-db"
     conf = tmp_path / "orthanc.json"
     conf.write_text(

@@ -10,6 +10,7 @@ work folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,9 +45,19 @@ class GatewayNotStarted(GatewayError):
 
 def free_port() -> int:
     """A TCP port free on loopback now (another process may take it before it is bound)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports free on loopback now: all are held until all are chosen (two
+    calls of :func:`free_port` in a row can return the same port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind((LOOPBACK, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def write_config(

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from gateway.demo.launcher import free_port, write_config
+from gateway.demo.launcher import free_port, free_ports, write_config
 from gateway.demo.phantom import SeriesInfo, make_phantom, write_dicom_series
 from tests.conftest import GatewayProcess, dcmtk_env, wait_for
 from tests.tls_certs import Authority, CertKey, Pki, make_pki, openssl_available
@@ -124,7 +124,7 @@ def tls_gateway(tmp_path: Path, pki: Pki) -> Iterator[Any]:
     ) -> TlsGateway:
         work = tmp_path / f"gw{len(started)}"
         work.mkdir()
-        port, tls_port = free_port(), free_port()
+        port, tls_port, destination = free_ports(3)
         overrides: dict[str, Any] = {
             "listen": {
                 "tls": {
@@ -140,7 +140,7 @@ def tls_gateway(tmp_path: Path, pki: Pki) -> Iterator[Any]:
         }
         if peers is not None:
             overrides["peers"] = peers
-        cfg = write_config(work, port, destination_port=free_port(), overrides=overrides)
+        cfg = write_config(work, port, destination_port=destination, overrides=overrides)
         gw = TlsGateway(cfg, tls_port)
         started.append(gw)
         gw.start(timeout=180)  # answers C-ECHO on the plain port from STORESCU

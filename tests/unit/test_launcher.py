@@ -55,3 +55,10 @@ def test_a_given_config_keeps_its_destination_names_and_drops_their_tls(tmp_path
         None,
     )
     assert cfg.paths.models == source.parent / "models"  # relative to the given config
+
+
+def test_ports_chosen_together_are_different() -> None:
+    from gateway.demo.launcher import free_ports
+
+    ports = free_ports(40)
+    assert len(set(ports)) == 40 and all(1024 <= p <= 65535 for p in ports)
