@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gateway.db.records import QaRecord, QaStatus
 from gateway.qa import plots
 from gateway.qa.metrics import RoiMetrics
 from gateway.qa.plots import OverlaySlice
+from gateway.qa.summary import quartiles
 from gateway.segment.spec import ModelQa, RoiAcceptance
 
 WORST = 5
@@ -173,9 +172,8 @@ def summarise(rows: Sequence[RoiRow], acceptance: Mapping[str, ModelQa]) -> list
         scored = [r for r in members if r.scored]
         stats: dict[str, tuple[float, float, float] | None] = {}
         for metric in SUMMARY_METRICS:
-            values = [v for r in scored if (v := getattr(r, metric)) is not None]
-            q = np.percentile(values, [25, 50, 75]) if values else None
-            stats[metric] = None if q is None else (float(q[0]), float(q[1]), float(q[2]))
+            q = quartiles([v for r in scored if (v := getattr(r, metric)) is not None])
+            stats[metric] = (q["q25"], q["median"], q["q75"]) if q["n"] else None
         qa = acceptance.get(model)
         acc = qa.acceptance_for(roi) if qa else RoiAcceptance()
         if not _has_thresholds(acc):
