@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.records import QaRecord, QaStatus, StructureSetRecord, StructureSetState
 from gateway.db.tables import QaRow, StructureSetRow
-from gateway.db.work import _audit
+from gateway.db.work import _audit, _reclaim
 
 _SET_FIELDS = tuple(f.name for f in dataclasses.fields(StructureSetRecord))
 _QA_FIELDS = tuple(f.name for f in dataclasses.fields(QaRecord))
@@ -129,33 +129,16 @@ class QaQueries:
 
     def reclaim_structure_sets(self, now: float, is_dead: Callable[[str], bool]) -> list[str]:
         """Comparisons whose lease expired or whose owner died: pending again."""
-        taken = []
         with self.session() as s:
-            rows = s.execute(
-                select(
-                    StructureSetRow.sop_instance_uid,
-                    StructureSetRow.lease_owner,
-                    StructureSetRow.lease_expires_at,
-                ).where(StructureSetRow.state == StructureSetState.COMPARING.value)
-            ).all()
-            for uid, owner, expires in rows:
-                if owner and expires is not None and expires >= now and not is_dead(owner):
-                    continue
-                res = s.execute(
-                    update(StructureSetRow)
-                    .where(
-                        StructureSetRow.sop_instance_uid == uid,
-                        StructureSetRow.state == StructureSetState.COMPARING.value,
-                    )
-                    .values(
-                        state=StructureSetState.PENDING.value,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                )
-                if res.rowcount:  # type: ignore[attr-defined]
-                    taken.append(uid)
-        return taken
+            return _reclaim(
+                s,
+                StructureSetRow,
+                StructureSetState.COMPARING,
+                StructureSetState.PENDING,
+                now,
+                is_dead,
+                key=StructureSetRow.sop_instance_uid,
+            )
 
     def finish_structure_set(
         self,

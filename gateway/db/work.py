@@ -243,10 +243,14 @@ def _reclaim(
     back: enum.Enum,
     now: float,
     is_dead: Callable[[str], bool],
-) -> list[int]:
+    key: Any = None,
+) -> list[Any]:
+    """Rows of ``table`` in ``busy`` whose lease expired or whose owner died, put back to
+    ``back`` (their ``key`` column: ``table.id`` unless given)."""
+    key = table.id if key is None else key
     taken = []
     rows = s.execute(
-        select(table.id, table.lease_owner, table.lease_expires_at).where(table.state == busy.value)
+        select(key, table.lease_owner, table.lease_expires_at).where(table.state == busy.value)
     ).all()
     for row_id, owner, expires in rows:
         if owner and expires is not None and expires >= now and not is_dead(owner):
@@ -254,7 +258,7 @@ def _reclaim(
         same_owner = table.lease_owner == owner if owner else table.lease_owner.is_(None)
         res = s.execute(
             update(table)
-            .where(table.id == row_id, table.state == busy.value, same_owner)
+            .where(key == row_id, table.state == busy.value, same_owner)
             .values(state=back.value, lease_owner=None, lease_expires_at=None)
         )
         if res.rowcount:  # type: ignore[attr-defined]
