@@ -162,14 +162,14 @@ def cmd_qa_report(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.cli import parse_when
     from gateway.contour.rtstruct import gateway_version
     from gateway.qa import drift, report
+    from gateway.qa.alarms import baseline_for
 
     since, until = parse_when(args.since), time.time()
     store = _store(cfg)
     everything = store.qa_records()
 
     def baseline(key: drift.RoiKey) -> Any:
-        spec = cfg.models.get(key.model)
-        return spec.qa.baseline_for(key.roi) if spec and spec.version == key.model_version else None
+        return baseline_for(cfg, key.model, key.model_version, key.roi)
 
     events = [
         (a.at, f"{a.kind} alarm ({a.state})", a.message)

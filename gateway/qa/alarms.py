@@ -13,8 +13,15 @@ from gateway.config import GatewayConfig
 from gateway.db.database import Store
 from gateway.db.records import QaStatus
 from gateway.qa import drift
+from gateway.segment.spec import RoiBaseline
 
 log = logging.getLogger(__name__)
+
+
+def baseline_for(cfg: GatewayConfig, model: str, version: str, roi: str) -> RoiBaseline | None:
+    """The model.yaml ``qa.baseline`` of an ROI, for the model version loaded now only."""
+    spec = cfg.models.get(model)
+    return spec.qa.baseline_for(roi) if spec and spec.version == version else None
 
 
 def evaluate(
@@ -34,8 +41,7 @@ def evaluate(
             groups.setdefault(key, []).append(r)
     alarms = candidates = 0
     for (model, version, roi), rows in sorted(groups.items()):
-        spec = cfg.models.get(model)
-        baseline = spec.qa.baseline_for(roi) if spec and spec.version == version else None
+        baseline = baseline_for(cfg, model, version, roi)
         result = drift.evaluate(
             rows, cfg.qa.control, candidate_dice=cfg.qa.candidate_dice, baseline=baseline
         )

@@ -8,6 +8,7 @@ AI contours are measured exactly as the approved ones, not from the model's labe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -200,8 +201,6 @@ def compare_sets(
 ) -> list[QaRecord]:
     """Per ROI of the AI set: compared, or deleted; per approved ROI without AI counterpart:
     added. Both read onto ``reference`` (the sorted primary series) by the same reader."""
-    import dataclasses
-
     names = [str(r.get("ROIName", "")) for r in approved.get("StructureSetROISequence", [])]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
