@@ -204,7 +204,7 @@ class GatewayProcess(Gateway):
         )
 
     def jobs(self) -> list[dict[str, Any]]:
-        from gateway.monitor import describe
+        from gateway.monitor.jobs import describe
 
         st = self.store()
         return describe(st, st.list_jobs())

@@ -207,7 +207,7 @@ def cmd_studies(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    from gateway.monitor import describe
+    from gateway.monitor.jobs import describe
 
     store = _store(cfg)
     rows = describe(store, store.list_jobs(limit=args.limit))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.db import migrate
 from gateway.db.audit import AuditQueries
 from gateway.db.deliveries import DeliveryQueries
+from gateway.db.operations import OperationsQueries
 from gateway.db.qa import QaQueries
 from gateway.db.records import (
     InstanceRecord,
@@ -41,7 +42,15 @@ from gateway.db.work import WorkQueries
 from gateway.errors import UidConflict
 
 
-class Store(StudyQueries, WorkQueries, DeliveryQueries, AuditQueries, QaQueries, RegisterQueries):
+class Store(
+    StudyQueries,
+    WorkQueries,
+    DeliveryQueries,
+    AuditQueries,
+    QaQueries,
+    RegisterQueries,
+    OperationsQueries,
+):
     """All database access of the gateway."""
 
     def __init__(self, url: str):

@@ -44,7 +44,7 @@ class SeriesRow(Base):
     last_received_at: Mapped[float] = mapped_column(Float)
     # Salted hash of PatientID + IssuerOfPatientID of the series' first instance (never the
     # clear value): lets assembly refuse to combine series of different patients.
-    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class InstanceRow(Base):
@@ -72,13 +72,15 @@ class JobRow(Base):
     input_series: Mapped[list[str]] = mapped_column(JSON, default=list)
     rtstruct_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     rtstruct_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
     stages: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=True, default=dict)  # JobPlan
     outcome: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=True, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # runs claimed
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # PNG: the contours over the primary series' middle slices, made when the job ends.
+    preview_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     # At most one unfinished job per study and rule, whichever process checks the study.
     __table_args__ = (
@@ -122,7 +124,8 @@ class AuditRow(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
-    event: Mapped[str] = mapped_column(String(32))  # association, received, job, delivery, purge
+    # association, received, job, delivery, purge, login, user, destination, echo, action, ...
+    event: Mapped[str] = mapped_column(String(32), index=True)
     outcome: Mapped[str] = mapped_column(String(32))
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     address: Mapped[str] = mapped_column(String(64), default="")
@@ -229,9 +232,17 @@ class AlertRow(Base):
     model_version: Mapped[str] = mapped_column(String(32), default="")
     roi: Mapped[str] = mapped_column(String(64), default="")
     message: Mapped[str] = mapped_column(Text, default="")
-    state: Mapped[str] = mapped_column(String(16), default="open")  # open, acknowledged
+    # open, acknowledged (a person saw it), resolved (its condition ended)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
     acknowledged_by: Mapped[str] = mapped_column(String(64), default="")
     acknowledged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    destination: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Sent to the alert sinks: when last, how often; and whether "resolved" was sent.
+    notified_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    notified_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resolved_notified: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class IncidentRow(Base):
@@ -257,3 +268,49 @@ class IncidentRow(Base):
     decided_by: Mapped[str] = mapped_column(String(64), default="")
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     closed_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class UserRow(Base):
+    """A console account. ``role``: viewer (reads), operator (acts), admin (also accounts).
+    ``password_hash``: argon2id (PHC string), never the password."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_login_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+class DestinationStatusRow(Base):
+    """What the echo monitor last saw of a destination, and whether an operator paused it
+    (a paused destination gets no deliveries; they wait, their attempts not counted)."""
+
+    __tablename__ = "destination_status"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    up: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # None: never echoed
+    rtt_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    checked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_success_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    down_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    paused_by: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    paused_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ComponentRow(Base):
+    """A part of a running gateway process and its state, e.g. ``model:taps`` loading, ok or
+    failed (``detail`` says why), ``scp`` listening: what /readyz, the overview and the alerts
+    read, whichever process wrote it (``owner``)."""
+
+    __tablename__ = "components"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    owner: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    updated_at: Mapped[float] = mapped_column(Float)

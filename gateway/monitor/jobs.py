@@ -1,4 +1,4 @@
-"""What the operator sees of jobs: plain dicts for ``aircon jobs`` (and the console to come)."""
+"""What the operator sees of jobs: plain dicts for ``aircon jobs`` and the console."""
 
 from __future__ import annotations
 
