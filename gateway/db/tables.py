@@ -314,3 +314,21 @@ class ComponentRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
     owner: Mapped[str] = mapped_column(String(128), default="", server_default="")
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SelfTestRow(Base):
+    """A self-test: the bundled phantom study sent through the whole chain (C-STORE to our own
+    SCP, assembly, routing, models, RTSTRUCT) and delivered to ``destination`` only ("": a dry
+    run, nothing sent). Its study UID marks the study as a self-test for routing/delivery."""
+
+    __tablename__ = "self_tests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    destination: Mapped[str] = mapped_column(String(64), default="")
+    requested_by: Mapped[str] = mapped_column(String(64), default="")
+    started_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # sending, running, passed, failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)

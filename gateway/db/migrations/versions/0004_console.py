@@ -50,6 +50,19 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(128), nullable=False, server_default=""),
         sa.Column("updated_at", sa.Float(), nullable=False),
     )
+    op.create_table(
+        "self_tests",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("study_uid", sa.String(64), nullable=False, unique=True),
+        sa.Column("destination", sa.String(64), nullable=False),
+        sa.Column("requested_by", sa.String(64), nullable=False),
+        sa.Column("started_at", sa.Float(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=True),
+        sa.Column("finished_at", sa.Float(), nullable=True),
+        sa.Column("timings", sa.JSON(), nullable=False),
+    )
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("job_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("destination", sa.String(64), nullable=False, server_default=""))
@@ -86,6 +99,7 @@ def downgrade() -> None:
             "job_id",
         ):
             batch.drop_column(name)
+    op.drop_table("self_tests")
     op.drop_table("components")
     op.drop_table("destination_status")
     op.drop_table("users")
