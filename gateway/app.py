@@ -36,6 +36,7 @@ class Gateway:
         if cfg.faults.crash_at:
             log.warning("crash points armed (fault testing only): %s", dict(cfg.faults.crash_at))
         self._pipeline: Pipeline | None = None
+        self._scp_obj: Any = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -54,9 +55,11 @@ class Gateway:
         if self.cfg.queue.backend == "sqlite":
             self.huey.flush()  # the database is the truth: recover() re-dispatches from it
         scp = self._scp() if listen else None
+        self._scp_obj = scp
         pipeline.recover(receiving=listen)
         if scp is not None:
             scp.start()
+        console = self._console() if listen and self.cfg.http.enabled else None
         threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
         stop = threading.Event()
         scheduler = Scheduler(
@@ -91,9 +94,23 @@ class Gateway:
             consumer.run()
         finally:
             stop.set()
+            if console is not None:
+                console.stop()
             if scp is not None:
                 scp.stop()
+            self._scp_obj = None
             log.info("gateway stopped")
+
+    def _console(self) -> Any:
+        from gateway.console.app import create_app
+        from gateway.console.server import ConsoleServer
+
+        server = ConsoleServer(
+            create_app(self.cfg, self.store, GatewayOperations(self)), self.cfg.http
+        )
+        server.start()
+        self.console_url = server.url
+        return server
 
     def _scp(self) -> Any:
         from gateway.dicom.scp import StorageSCP
@@ -148,6 +165,36 @@ class Gateway:
                 log.info("model %s warm", name)
             except Exception as exc:  # reported again, per job, when it is used
                 log.error("model %s failed to load: %s", name, exc)
+
+
+class GatewayOperations:
+    """What the console may ask of this gateway process (gateway.console.web.Operations)."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def resend(self, job_id: int, by: str) -> str:
+        return self.gateway.pipeline.resend(job_id)
+
+    def cancel(self, job_id: int, by: str) -> str:
+        return str(self.gateway.pipeline.cancel(job_id, by))
+
+    def echo(self, destination: str) -> str:
+        status = self.gateway.echo_monitor.check(destination)
+        return str(status)
+
+    def pause(self, destination: str, by: str) -> str:
+        return str(self.gateway.pipeline.pause_destination(destination, by))
+
+    def resume(self, destination: str, by: str) -> str:
+        return str(self.gateway.pipeline.resume_destination(destination, by))
+
+    def self_test(self, destination: str, by: str) -> int:
+        raise NotImplementedError("self-test")
+
+    def scp_listening(self) -> bool:
+        scp = self.gateway._scp_obj
+        return scp is not None and bool(getattr(scp, "listening", True))
 
 
 def resend(cfg: GatewayConfig, job_id: int) -> str:

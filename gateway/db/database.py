@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db import migrate
 from gateway.db.audit import AuditQueries
+from gateway.db.console import ConsoleQueries
 from gateway.db.deliveries import DeliveryQueries
 from gateway.db.operations import OperationsQueries
 from gateway.db.qa import QaQueries
@@ -50,6 +51,7 @@ class Store(
     QaQueries,
     RegisterQueries,
     OperationsQueries,
+    ConsoleQueries,
 ):
     """All database access of the gateway."""
 
@@ -173,13 +175,18 @@ class Store(
     @functools.cached_property
     def patient_salt(self) -> str:
         """This installation's salt for patient keys: made once, kept in the database."""
+        return self.installation_secret("patient_salt")
+
+    def installation_secret(self, key: str) -> str:
+        """A random per-installation value (256 bits, hex) made once and kept in the database,
+        e.g. the patient-key salt or the console's cookie-signing key."""
         with self.session() as s:
             s.execute(
                 self._insert(SettingRow)
-                .values(key="patient_salt", value=secrets.token_hex(32))
+                .values(key=key, value=secrets.token_hex(32))
                 .on_conflict_do_nothing(index_elements=["key"])
             )
-            return str(s.scalar(select(SettingRow.value).where(SettingRow.key == "patient_salt")))
+            return str(s.scalar(select(SettingRow.value).where(SettingRow.key == key)))
 
     def study_usage(self, study_uid: str) -> tuple[int, int]:
         """(instances, bytes) received so far for a study."""

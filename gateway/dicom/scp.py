@@ -245,6 +245,11 @@ class StorageSCP:
             server.shutdown()
         self._servers = []
 
+    @property
+    def listening(self) -> bool:
+        """Every listener started and its socket still open."""
+        return bool(self._servers) and all(s.socket.fileno() != -1 for s in self._servers)
+
     # -- handlers --------------------------------------------------------------------------------
 
     def _on_tls_refused(self, address: str, reason: str) -> None:

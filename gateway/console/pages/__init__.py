@@ -1,0 +1,14 @@
+"""The console's pages, one module per menu entry; each lists its routes in ``ROUTES``."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from gateway.console.pages import audit, jobs, overview, users
+
+ROUTES: list[BaseRoute] = [
+    *overview.ROUTES,
+    *jobs.ROUTES,
+    *audit.ROUTES,
+    *users.ROUTES,
+]

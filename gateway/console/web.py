@@ -1,0 +1,225 @@
+"""The console's plumbing: the per-app state, and the decorators that guard every route.
+
+Every endpoint is made with :func:`page` (GET, a role to read), :func:`action` (POST, a role to
+act: CSRF token checked, audited) or :func:`probe` (``/metrics``, ``/healthz``, ``/readyz``: open
+or bearer token). The role and kind are kept on the endpoint, so a test can enumerate every
+route and prove its guard (tests/integration/test_console_access.py)."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from gateway.config import GatewayConfig
+from gateway.console.security import LoginThrottle, Passwords, allowed
+from gateway.db.database import Store
+from gateway.db.tables import UserRow
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class Operations(Protocol):
+    """What the console asks of the running gateway (implemented in :mod:`gateway.app`)."""
+
+    def resend(self, job_id: int, by: str) -> str: ...
+    def cancel(self, job_id: int, by: str) -> str: ...
+    def echo(self, destination: str) -> str: ...
+    def pause(self, destination: str, by: str) -> str: ...
+    def resume(self, destination: str, by: str) -> str: ...
+    def self_test(self, destination: str, by: str) -> int: ...
+    def scp_listening(self) -> bool: ...
+
+
+@dataclass
+class Console:
+    """Everything a request handler needs; kept on ``app.state.console``."""
+
+    cfg: GatewayConfig
+    store: Store
+    ops: Operations
+    templates: Jinja2Templates
+    passwords: Passwords = field(default_factory=Passwords)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    started_at: float = field(default_factory=time.time)
+
+    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def console(request: Request) -> Console:
+    found: Console = request.app.state.console
+    return found
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token (made on first use); every form carries it back."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
+    sent = form.get("csrf")
+    kept = request.session.get("csrf")
+    return (
+        isinstance(sent, str)
+        and isinstance(kept, str)
+        and len(kept) >= 32
+        and hmac.compare_digest(sent.encode(), kept.encode())
+    )
+
+
+def current_user(request: Request) -> UserRow | None:
+    """The signed-in account, or None (no session, expired, account gone, disabled, locked)."""
+    name, since = request.session.get("user"), request.session.get("since")
+    if not isinstance(name, str) or not isinstance(since, (int, float)):
+        return None
+    c = console(request)
+    now = time.time()
+    if now - since > c.cfg.http.auth.session_hours * 3600:
+        return None
+    user = c.store.user(name)
+    if user is None or user.disabled or (user.locked_until or 0) > now:
+        return None
+    return user
+
+
+def login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+
+def back(request: Request, message: str, fallback: str = "/", error: bool = False) -> Response:
+    """303 to the page the form was on (same origin only), with a one-time message."""
+    referer = request.headers.get("referer", "")
+    origin = f"{request.url.scheme}://{request.url.netloc}"
+    target = referer[len(origin) :] if referer.startswith(origin + "/") else fallback
+    request.session["flash"] = {"text": message[:500], "error": error}
+    return RedirectResponse(target or fallback, status_code=303)
+
+
+Handler = Callable[..., Response]
+
+
+def page(role: str = "viewer") -> Callable[[Handler], Callable[[Request], Any]]:
+    """A GET page for ``role`` and above: ``handler(request, user) -> Response`` (run in a
+    worker thread: it may use the database)."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Any]:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            user = await run_in_threadpool(current_user, request)
+            if user is None:
+                return login_redirect(request)
+            if not allowed(user.role, role):
+                return PlainTextResponse(f"403: this page needs the {role} role", 403)
+            csrf_token(request)
+            return await run_in_threadpool(handler, request, user)
+
+        endpoint.guard = ("page", role)  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
+def action(role: str = "operator") -> Callable[[Handler], Callable[[Request], Any]]:
+    """A POST action for ``role`` and above: CSRF token checked, then
+    ``handler(request, user, form) -> Response``; the handler audits what it did (with who)."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Any]:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            form = await request.form()
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            user = await run_in_threadpool(current_user, request)
+            if user is None:
+                return PlainTextResponse("401: sign in first", 401)
+            c = console(request)
+            what = f"{request.method} {request.url.path}"
+            if not _csrf_ok(request, fields):
+                await run_in_threadpool(
+                    c.store.audit,
+                    "action",
+                    "refused: csrf",
+                    address=client_address(request)[:64],
+                    detail=f"{what} by {user.name}",
+                )
+                return PlainTextResponse("403: the form's CSRF token is missing or wrong", 403)
+            if not allowed(user.role, role):
+                await run_in_threadpool(
+                    c.store.audit,
+                    "action",
+                    "refused: role",
+                    address=client_address(request)[:64],
+                    detail=f"{what} by {user.name} ({user.role})",
+                )
+                return PlainTextResponse(f"403: this action needs the {role} role", 403)
+            return await run_in_threadpool(handler, request, user, fields)
+
+        endpoint.guard = ("action", role)  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
+def probe(handler: Handler) -> Callable[[Request], Any]:
+    """``/metrics``, ``/healthz``, ``/readyz``: open, or ``Authorization: Bearer <token>`` when
+    ``http.metrics_token`` is set."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        token = console(request).cfg.http.metrics_token
+        if token:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return PlainTextResponse(
+                    "401: bearer token required", 401, headers={"WWW-Authenticate": "Bearer"}
+                )
+        return await run_in_threadpool(handler, request)
+
+    endpoint.guard = ("probe", "")  # type: ignore[attr-defined]
+    return endpoint
+
+
+def public(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """The login page and the static files: reachable without a session."""
+    handler.guard = ("public", "")  # type: ignore[attr-defined]
+    return handler
+
+
+def query_string(params: Mapping[str, Any], **changes: Any) -> str:
+    merged = {k: v for k, v in {**params, **changes}.items() if v not in (None, "")}
+    return "?" + urlencode(merged) if merged else ""
+
+
+def audit_action(c: Console, request: Request, user: UserRow, outcome: str, **fields: Any) -> None:
+    """The audit row of an operator's action: what, by whom, from where."""
+    detail = fields.pop("detail", "")
+    c.store.audit(
+        "action",
+        outcome[:32],
+        address=client_address(request)[:64],
+        detail=f"{detail} by {user.name}".strip(),
+        **fields,
+    )
