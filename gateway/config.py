@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.errors import ConfigError
+from gateway.ops_policy import AlertsConfig, HttpConfig, MonitorConfig, resolve_http
 from gateway.qa_policy import QaConfig
 from gateway.segment.registry import load_models, read_yaml
 from gateway.segment.spec import (
@@ -248,75 +249,6 @@ class RtstructConfig(Frozen):
     structure_set_label: Annotated[str, Field(max_length=16)] = "AI UNAPPROVED"
 
 
-class HttpTls(Frozen):
-    """The console's HTTPS certificate (PEM chain) and key."""
-
-    certificate: Path
-    private_key: Path
-
-
-class AuthConfig(Frozen):
-    """Console accounts (``aircon user add``). A session lasts ``session_hours`` after the
-    last request; after ``max_failures`` wrong passwords in a row an account is locked for
-    ``lockout_minutes`` (every failure and lock is audited)."""
-
-    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
-    max_failures: Annotated[int, Field(ge=1, le=1000)] = 10
-    lockout_minutes: Annotated[float, Field(gt=0)] = 15.0
-
-
-class HttpConfig(Frozen):
-    """The web console, ``/metrics``, ``/healthz`` and ``/readyz``, served by ``aircon serve``.
-
-    Loopback by default. Listening on any other address needs ``tls`` (HTTPS, Secure cookies),
-    or ``listen.tls``'s certificate is used. ``metrics_token``: when set, ``/metrics``,
-    ``/healthz`` and ``/readyz`` want ``Authorization: Bearer <token>``; else they are open."""
-
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (tests)
-    tls: HttpTls | None = None
-    metrics_token: str | None = None
-    auth: AuthConfig = AuthConfig()
-    # The operator's pages reload themselves this often (0: never).
-    refresh_s: Annotated[float, Field(ge=0)] = 10.0
-
-
-class MonitorConfig(Frozen):
-    """Watching the destinations: a C-ECHO of each every ``echo_interval_s`` (its answer within
-    ``echo_timeout_s``). A destination that did not answer is *down* from its first failed echo."""
-
-    echo_interval_s: Annotated[float, Field(gt=0)] = 60.0
-    echo_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-
-
-class AlertConditions(Frozen):
-    """When the operators are told. ``null`` switches a condition off."""
-
-    destination_down_minutes: Annotated[float, Field(ge=0)] | None = 5.0
-    job_failed: bool = True
-    delivery_parked: bool = True
-    disk_guard: bool = True
-    queue_backlog: Annotated[int, Field(ge=1)] | None = 50  # jobs queued or waiting to run
-    model_load_failed: bool = True
-    qa_drift: bool = True
-    incident_candidate: bool = True
-
-
-class AlertsConfig(Frozen):
-    """Where alerts go: Apprise URLs (``mailto://``/``mailtos://`` for SMTP, ``json://`` or
-    ``jsons://`` for a JSON webhook, ``msteams://``, ``slack://``, ...; see
-    https://github.com/caronc/apprise/wiki). An alert is sent when its condition starts,
-    re-sent every ``resend_minutes`` while it lasts, and a *resolved* message follows when it
-    ends. Conditions are checked every ``check_interval_s``. Messages carry UIDs and reasons,
-    never patient data."""
-
-    sinks: tuple[str, ...] = ()
-    resend_minutes: Annotated[float, Field(gt=0)] = 60.0
-    check_interval_s: Annotated[float, Field(gt=0)] = 15.0
-    conditions: AlertConditions = AlertConditions()
-
-
 class RuleMatch(Frozen):
     calling_ae: Regex | None = None
     called_ae: Regex | None = None
@@ -461,21 +393,8 @@ def parse_config(
         rel = db_url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             db_url = "sqlite:///" + str(_resolve(base_dir, Path(rel)))
-    http = cfg.http
-    if http.tls is not None:
-        http = http.model_copy(update={"tls": _resolve_files(base_dir, http.tls)})
-    elif http.enabled and not _is_loopback(http.host):
-        if listen.tls is None:
-            problems.append(
-                (
-                    "http.host",
-                    f"the console listens on {http.host}, beyond this machine: give http.tls "
-                    "(certificate and private_key) so it is served over HTTPS",
-                )
-            )
-        else:
-            shared = HttpTls(certificate=listen.tls.certificate, private_key=listen.tls.private_key)
-            http = http.model_copy(update={"tls": shared})
+    http, http_problems = resolve_http(cfg.http, listen.tls, base_dir, _resolve_files)
+    problems.extend(http_problems)
     tls_sections: list[tuple[str, Any]] = [("listen.tls", listen.tls), ("http.tls", http.tls)] + [
         (f"destinations.{n}.tls", d.tls) for n, d in destinations.items()
     ]
@@ -506,17 +425,6 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Gatew
     return parse_config(raw, path.resolve().parent, overrides)
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _resolve(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
@@ -525,7 +433,9 @@ def _resolve_files(base: Path, tls: Any) -> Any:
     """A TLS section with its certificate/key paths resolved against ``base``."""
     fields = ("certificate", "private_key", "ca_certificates")
     return tls.model_copy(
-        update={f: _resolve(base, getattr(tls, f)) for f in fields if getattr(tls, f) is not None}
+        update={
+            f: _resolve(base, getattr(tls, f)) for f in fields if getattr(tls, f, None) is not None
+        }
     )
 
 

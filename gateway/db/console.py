@@ -194,6 +194,17 @@ class ConsoleQueries:
             q = select(IncidentRow).where(IncidentRow.state == "candidate").order_by(IncidentRow.id)
             return list(s.scalars(q))
 
+    def self_tests(self, limit: int = 20) -> list[SelfTestRow]:
+        with self.session() as s:
+            q = select(SelfTestRow).order_by(SelfTestRow.id.desc()).limit(limit)
+            return list(s.scalars(q))
+
+
+class AuditSearchQueries:
+    """The console's audit, peer and model-usage queries (a mixin of the Store)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
     def audit_page(
         self,
         text: str = "",
@@ -282,8 +293,3 @@ class ConsoleQueries:
                     elif m.get("state") == "failed":
                         entry["failed"] += 1
         return out
-
-    def self_tests(self, limit: int = 20) -> list[SelfTestRow]:
-        with self.session() as s:
-            q = select(SelfTestRow).order_by(SelfTestRow.id.desc()).limit(limit)
-            return list(s.scalars(q))

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db import migrate
 from gateway.db.audit import AuditQueries
-from gateway.db.console import ConsoleQueries
+from gateway.db.console import AuditSearchQueries, ConsoleQueries
 from gateway.db.deliveries import DeliveryQueries
 from gateway.db.operations import OperationsQueries
 from gateway.db.qa import QaQueries
@@ -52,6 +52,7 @@ class Store(
     RegisterQueries,
     OperationsQueries,
     ConsoleQueries,
+    AuditSearchQueries,
 ):
     """All database access of the gateway."""
 

@@ -69,6 +69,7 @@ def write_config(
     destination_ae: str | None = None,
     peer: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    http_port: int | None = None,
 ) -> Path:
     """``source`` rewritten for a run in ``work``; written to ``work/config.yaml``.
 
@@ -77,7 +78,8 @@ def write_config(
     every destination becomes plain DICOM to loopback on that port (called ``destination_ae``
     when given, else by its own AE title). ``peer``: a calling AE title added to the peers when
     missing. ``overrides``: per top-level section, a mapping is merged into the section,
-    anything else replaces it.
+    anything else replaces it. The console listens on loopback ``http_port`` (default: a free
+    port, so that several gateways and the demo never compete for one).
     """
     raw: dict[str, Any] = yaml.safe_load(source.read_text()) or {}
     models = Path(raw.get("paths", {}).get("models", "models"))
@@ -88,6 +90,11 @@ def write_config(
         "models": str(models if models.is_absolute() else source.resolve().parent / models),
     }
     raw["database"] = {"url": f"sqlite:///{work / 'aircon.db'}"}
+    raw["http"] = {
+        **(raw.get("http") or {}),
+        "host": LOOPBACK,
+        "port": http_port if http_port is not None else free_port(),
+    }
     raw["queue"] = {**raw.get("queue", {}), "backend": "sqlite", "path": str(work / "queue.db")}
     if peer is not None:
         peers = raw.get("peers") or []
@@ -131,7 +138,14 @@ class Gateway:
         self.calling_ae = calling_ae
         self.log_path = self.work / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = int(yaml.safe_load(config_path.read_text())["listen"]["port"])
+        raw = yaml.safe_load(config_path.read_text())
+        self.port = int(raw["listen"]["port"])
+        self.http_port = int((raw.get("http") or {}).get("port") or 0)
+
+    @property
+    def console_url(self) -> str:
+        """The console's address (plain HTTP on loopback, as write_config makes it)."""
+        return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
     def cfg(self) -> GatewayConfig:

@@ -1,0 +1,117 @@
+"""The operators' side of the configuration: the web console (``http``), the destinations'
+echo monitor (``monitor``) and the alerts sent to people (``alerts``). Pure schema, part of
+:class:`gateway.config.GatewayConfig`."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from gateway.segment.spec import Frozen
+
+
+class HttpTls(Frozen):
+    """The console's HTTPS certificate (PEM chain) and key."""
+
+    certificate: Path
+    private_key: Path
+
+
+class AuthConfig(Frozen):
+    """Console accounts (``aircon user add``). A session lasts ``session_hours`` after the
+    last request; after ``max_failures`` wrong passwords in a row an account is locked for
+    ``lockout_minutes`` (every failure and lock is audited)."""
+
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+    max_failures: Annotated[int, Field(ge=1, le=1000)] = 10
+    lockout_minutes: Annotated[float, Field(gt=0)] = 15.0
+
+
+class HttpConfig(Frozen):
+    """The web console, ``/metrics``, ``/healthz`` and ``/readyz``, served by ``aircon serve``.
+
+    Loopback by default. Listening on any other address needs ``tls`` (HTTPS, Secure cookies),
+    or ``listen.tls``'s certificate is used. ``metrics_token``: when set, ``/metrics``,
+    ``/healthz`` and ``/readyz`` want ``Authorization: Bearer <token>``; else they are open."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (tests)
+    tls: HttpTls | None = None
+    metrics_token: str | None = None
+    auth: AuthConfig = AuthConfig()
+    # The operator's pages reload themselves this often (0: never).
+    refresh_s: Annotated[float, Field(ge=0)] = 10.0
+
+
+class MonitorConfig(Frozen):
+    """Watching the destinations: a C-ECHO of each every ``echo_interval_s`` (its answer within
+    ``echo_timeout_s``). A destination that did not answer is *down* from its first failed echo."""
+
+    echo_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    echo_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class AlertConditions(Frozen):
+    """When the operators are told. ``null`` switches a condition off."""
+
+    destination_down_minutes: Annotated[float, Field(ge=0)] | None = 5.0
+    job_failed: bool = True
+    delivery_parked: bool = True
+    disk_guard: bool = True
+    queue_backlog: Annotated[int, Field(ge=1)] | None = 50  # jobs queued or waiting to run
+    model_load_failed: bool = True
+    qa_drift: bool = True
+    incident_candidate: bool = True
+
+
+class AlertsConfig(Frozen):
+    """Where alerts go: Apprise URLs (``mailto://``/``mailtos://`` for SMTP, ``json://`` or
+    ``jsons://`` for a JSON webhook, ``msteams://``, ``slack://``, ...; see
+    https://github.com/caronc/apprise/wiki). An alert is sent when its condition starts,
+    re-sent every ``resend_minutes`` while it lasts, and a *resolved* message follows when it
+    ends. Conditions are checked every ``check_interval_s``. Messages carry UIDs and reasons,
+    never patient data."""
+
+    sinks: tuple[str, ...] = ()
+    resend_minutes: Annotated[float, Field(gt=0)] = 60.0
+    check_interval_s: Annotated[float, Field(gt=0)] = 15.0
+    conditions: AlertConditions = AlertConditions()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_http(
+    http: HttpConfig,
+    listen_tls: Any,
+    base_dir: Path,
+    resolve_files: Callable[[Path, Any], Any],
+) -> tuple[HttpConfig, list[tuple[str, str]]]:
+    """``http`` with its TLS files resolved against ``base_dir``; beyond loopback without
+    ``http.tls``, the DICOM listener's certificate (``listen.tls``) is used, and without either
+    it is a problem: the console is never served in the clear to the network."""
+    if http.tls is not None:
+        return http.model_copy(update={"tls": resolve_files(base_dir, http.tls)}), []
+    if not http.enabled or is_loopback(http.host):
+        return http, []
+    if listen_tls is None:
+        return http, [
+            (
+                "http.host",
+                f"the console listens on {http.host}, beyond this machine: give http.tls "
+                "(certificate and private_key) so it is served over HTTPS",
+            )
+        ]
+    shared = HttpTls(certificate=listen_tls.certificate, private_key=listen_tls.private_key)
+    return http.model_copy(update={"tls": shared}), []
