@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import destinations as destination_commands
 from gateway.cli import qa as qa_commands
 from gateway.config import DestinationConfig, GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the RTSTRUCT (default: %(default)s)",
     )
     COMMANDS.update(qa_commands.add_parsers(sub))
+    COMMANDS.update(destination_commands.add_parsers(sub))
     return p
 
 
