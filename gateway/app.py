@@ -10,6 +10,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
 from gateway.failpoints import CrashPoints
+from gateway.monitor.echo import EchoMonitor
 from gateway.pipeline import Pipeline
 from gateway.queue import HueyDispatcher, make_huey
 from gateway.receive.receiver import Receiver
@@ -37,6 +38,7 @@ class Gateway:
             log.warning("crash points armed (fault testing only): %s", dict(cfg.faults.crash_at))
         self._pipeline: Pipeline | None = None
         self._scp_obj: Any = None
+        self._echo_monitor: EchoMonitor | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -45,6 +47,13 @@ class Gateway:
                 self.cfg, self.store, self.dispatcher, crash=self.crash, owner=self.owner
             )
         return self._pipeline
+
+    @property
+    def echo_monitor(self) -> EchoMonitor:
+        """The destinations' C-ECHO monitor (run by ``serve``; ``check(name)`` echoes now)."""
+        if self._echo_monitor is None:
+            self._echo_monitor = EchoMonitor(self.cfg, self.store, self.cfg.ae_title)
+        return self._echo_monitor
 
     def serve(self, ready: threading.Event | None = None, listen: bool = True) -> None:
         """Run the SCP (``listen``), the scheduler and the queue workers until SIGINT/SIGTERM
@@ -74,6 +83,9 @@ class Gateway:
         if listen:
             threading.Thread(
                 target=self._purge_loop, args=(stop,), name="retention", daemon=True
+            ).start()
+            threading.Thread(
+                target=self.echo_monitor.run, args=(stop,), name="echo-monitor", daemon=True
             ).start()
         consumer: Any = self.huey.create_consumer(
             workers=self.cfg.queue.workers,
@@ -180,8 +192,10 @@ class GatewayOperations:
         return str(self.gateway.pipeline.cancel(job_id, by))
 
     def echo(self, destination: str) -> str:
-        status = self.gateway.echo_monitor.check(destination)
-        return str(status)
+        st = self.gateway.echo_monitor.check(destination)
+        if st.up:
+            return f"{destination} answered C-ECHO in {st.rtt_ms or 0:.0f} ms"
+        return f"{destination} did not answer: {st.last_error}"
 
     def pause(self, destination: str, by: str) -> str:
         return str(self.gateway.pipeline.pause_destination(destination, by))
@@ -202,4 +216,19 @@ def resend(cfg: GatewayConfig, job_id: int) -> str:
 
     Opens only the database and the queue (no spool, no listener): the CLI's ``resend`` runs
     beside a serving gateway. Raises KeyError for an unknown job."""
-    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg))).resend(job_id)
+    return _beside(cfg).resend(job_id)
+
+
+def pause_destination(cfg: GatewayConfig, name: str, by: str) -> str:
+    """Pause a destination for the running gateway (the CLI's ``destination pause``)."""
+    return _beside(cfg).pause_destination(name, by)
+
+
+def resume_destination(cfg: GatewayConfig, name: str, by: str) -> str:
+    """Resume a destination; its waiting deliveries go to the running gateway's workers."""
+    return _beside(cfg).resume_destination(name, by)
+
+
+def _beside(cfg: GatewayConfig) -> Pipeline:
+    """A pipeline on the database and the queue only, to act beside a serving gateway."""
+    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg)))

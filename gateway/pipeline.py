@@ -31,6 +31,10 @@ from gateway.study import assembly, routing
 
 log = logging.getLogger(__name__)
 
+# How long a delivery to a paused destination waits before it is looked at again, at most: a
+# resume also makes them due at once, this only bounds a resume made outside this code.
+PAUSED_RECHECK_MAX_S = 30.0
+
 
 class Dispatcher(Protocol):
     """Where the pipeline hands its next steps (the task queue, or inline in tests)."""
@@ -80,6 +84,7 @@ class Pipeline:
             sender,
             owner=owner,
             lease_s=cfg.queue.lease_s,
+            paused_recheck_s=min(cfg.monitor.echo_interval_s, PAUSED_RECHECK_MAX_S),
             clock=clock,
             crash=self.crash,
         )
@@ -188,6 +193,26 @@ class Pipeline:
         self.store.update_job(job_id, state=JobState.QUEUED, reason="resend requested")
         self.dispatch.run_job(job_id)
         return f"job {job_id}: queued to run again"
+
+    def pause_destination(self, name: str, by: str) -> str:
+        """Stop deliveries to a configured destination (audited with ``by``); what is being
+        sent now finishes, the rest waits. Raises KeyError for an unknown destination."""
+        if name not in self.cfg.destinations:
+            raise KeyError(name)
+        self.store.set_paused(name, True, by, self.clock())
+        log.warning("destination %s paused by %s", name, by)
+        waiting = self.store.waiting_deliveries().get(name, 0)
+        return f"destination {name} paused: {waiting} delivery(ies) wait"
+
+    def resume_destination(self, name: str, by: str) -> str:
+        """Deliver to a paused destination again (audited with ``by``): its waiting
+        deliveries are due now. Raises KeyError for an unknown destination."""
+        if name not in self.cfg.destinations:
+            raise KeyError(name)
+        self.store.set_paused(name, False, by, self.clock())
+        ids = self.delivery.release(name)
+        log.info("destination %s resumed by %s: %d delivery(ies) due", name, by, len(ids))
+        return f"destination {name} resumed: {len(ids)} delivery(ies) queued"
 
     def recover(self, receiving: bool = True) -> None:
         """After a (re)start: take back work whose owner died, re-dispatch what is queued, and

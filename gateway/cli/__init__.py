@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import destinations as destination_commands
 from gateway.cli import qa as qa_commands
 from gateway.cli import users as user_commands
 from gateway.config import DestinationConfig, GatewayConfig, load_config
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     COMMANDS.update(qa_commands.add_parsers(sub))
     COMMANDS.update(user_commands.add_parsers(sub))
+    COMMANDS.update(destination_commands.add_parsers(sub))
     return p
 
 

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.records import DeliveryState
-from gateway.db.tables import DeliveryRow, JobRow
+from gateway.db.tables import DeliveryRow, DestinationStatusRow, JobRow
 from gateway.db.work import UNFINISHED_DELIVERY, _audit, _settle, open_deliveries
 
 
@@ -87,6 +87,64 @@ class DeliveryQueries:
                     .order_by(DeliveryRow.job_id, DeliveryRow.id)
                 )
             )
+
+    def waiting_deliveries(self) -> dict[str, int]:
+        """Per destination: deliveries not yet over (pending or being sent)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(DeliveryRow.destination, func.count())
+                .where(DeliveryRow.state.in_(UNFINISHED_DELIVERY))
+                .group_by(DeliveryRow.destination)
+            )
+            return {name: int(n) for name, n in rows}
+
+    def postpone_if_paused(self, delivery_id: int, now: float, until: float) -> bool:
+        """A due, pending delivery whose destination an operator paused stays pending, due
+        again at ``until``, its attempts not counted; False (nothing changed) otherwise."""
+        paused = (
+            select(DestinationStatusRow.name)
+            .where(
+                DestinationStatusRow.name == DeliveryRow.destination,
+                DestinationStatusRow.paused.is_(True),
+            )
+            .exists()
+        )
+        # One statement: on SQLite it takes the write lock before reading the pause, so a
+        # resume (which makes the deliveries due after clearing the pause) is never undone.
+        with self.session() as s:
+            res = s.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.id == delivery_id,
+                    DeliveryRow.state == DeliveryState.PENDING.value,
+                    DeliveryRow.next_attempt_at <= now + 1.0,
+                    paused,
+                )
+                .values(next_attempt_at=until)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def deliveries_due_now(self, destination: str, now: float) -> list[int]:
+        """Make a destination's pending deliveries due at ``now`` (e.g. on resume); their ids,
+        oldest first."""
+        with self.session() as s:
+            ids = list(
+                s.scalars(
+                    select(DeliveryRow.id)
+                    .where(
+                        DeliveryRow.destination == destination,
+                        DeliveryRow.state == DeliveryState.PENDING.value,
+                    )
+                    .order_by(DeliveryRow.job_id, DeliveryRow.id)
+                )
+            )
+            if ids:
+                s.execute(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id.in_(ids), DeliveryRow.next_attempt_at > now)
+                    .values(next_attempt_at=now)
+                )
+            return ids
 
     def retry_delivery(self, delivery_id: int, attempts: int, status: str, at: float) -> None:
         """SENDING -> PENDING, due again at ``at``."""

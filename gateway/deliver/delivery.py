@@ -1,6 +1,10 @@
 """Delivery: C-STORE one job's RTSTRUCT to one destination, with backoff, in order per
 destination, parked after ``delivery.max_attempts``.
 
+A destination an operator paused gets nothing: its due deliveries stay pending, looked at
+again every ``paused_recheck_s``, their attempts not counted (:meth:`Deliverer.release`, on
+resume, makes them due at once).
+
 Deliveries to a destination go in order of arrival (job id): one waits while an older one to
 the same destination is unfinished, and each finished delivery hands on to the next. A
 delivery is claimed in the database (PENDING -> SENDING under a lease) before it is sent, and
@@ -64,6 +68,7 @@ class Deliverer:
         *,
         owner: str = "",
         lease_s: float = 3600.0,
+        paused_recheck_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         crash: CrashPoints | None = None,
     ):
@@ -75,12 +80,19 @@ class Deliverer:
         self.sender = sender
         self.owner = owner
         self.lease_s = lease_s
+        self.paused_recheck_s = paused_recheck_s
         self.clock = clock
         self.crash = crash or CrashPoints()
 
     def deliver(self, delivery_id: int) -> None:
-        """Send one RTSTRUCT to one destination, if it is due and first in line."""
-        if not self.store.claim_delivery(delivery_id, self.clock(), self.owner, self.lease_s):
+        """Send one RTSTRUCT to one destination, if it is due and first in line and its
+        destination is not paused."""
+        now = self.clock()
+        if self.store.postpone_if_paused(delivery_id, now, now + self.paused_recheck_s):
+            log.debug("delivery %d: destination paused; looked at again later", delivery_id)
+            self.dispatch.deliver(delivery_id, delay=self.paused_recheck_s)
+            return
+        if not self.store.claim_delivery(delivery_id, now, self.owner, self.lease_s):
             return  # delivered, parked, being sent, not due, or waiting behind an older one
         d = self.store.delivery(delivery_id)
         assert d is not None
@@ -145,6 +157,14 @@ class Deliverer:
             d = self.store.delivery(following)
             due = d.next_attempt_at if d is not None else 0.0
             self.dispatch.deliver(following, delay=max(0.0, due - self.clock()))
+
+    def release(self, destination: str) -> list[int]:
+        """A destination was resumed: its pending deliveries are due now and handed to the
+        queue (the oldest goes first; each hands on to the next)."""
+        ids = self.store.deliveries_due_now(destination, self.clock())
+        for i in ids:
+            self.dispatch.deliver(i)
+        return ids
 
     def requeue(self, job_id: int) -> list[int]:
         """Make a job's undelivered deliveries (or, if all were delivered, all of them) pending

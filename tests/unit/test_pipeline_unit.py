@@ -518,3 +518,55 @@ def test_retention_purges_only_old_fully_delivered_studies(tmp_path: Path, store
     left = {p.name for p in spool.iterdir()}
     assert left == {studies["failed"], studies["recent"]}  # undelivered and recent are kept
     assert store.study(studies["delivered"]) is None and store.study(studies["failed"])
+
+
+def test_a_paused_destination_gets_nothing_its_deliveries_wait_uncounted_then_go_on_resume(
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    tmp_path: Path,
+    sender: FakeSender,
+) -> None:
+    first_job, first = delivering_job(store, tmp_path)
+    _, second = delivering_job(store, tmp_path)
+    sender.errors = [PeerUnavailable("down")]
+    pipeline.deliver(first)  # one failed attempt before the pause: it stays counted
+    assert pipeline.pause_destination("planning", by="J. Physicist") == (
+        "destination planning paused: 2 delivery(ies) wait"
+    )
+    clock.t = store.delivery(first).next_attempt_at
+    dispatcher.deliveries.clear()
+    for _ in range(5):  # longer than max_attempts (3): a pause never parks a delivery
+        pipeline.deliver(first)
+        pipeline.deliver(second)
+        assert [(d.state, d.attempts) for d in map(store.delivery, (first, second))] == [
+            ("pending", 1),
+            ("pending", 0),
+        ]
+        # looked at again after min(echo interval, 30 s), not sooner
+        assert store.delivery(first).next_attempt_at == pytest.approx(clock.t + 30.0)
+        assert dispatcher.deliveries[-2:] == [(first, 30.0), (second, 30.0)]
+        clock.t += 30.0
+    assert len(sender.calls) == 1
+    assert store.waiting_deliveries() == {"planning": 2}
+    assert store.job(first_job).state == JobState.DELIVERING.value
+
+    clock.t += 10.0  # resumed between two looks: due at once, not at the next look
+    dispatcher.deliveries.clear()
+    assert pipeline.resume_destination("planning", by="J. Physicist") == (
+        "destination planning resumed: 2 delivery(ies) queued"
+    )
+    assert dispatcher.deliveries == [(first, 0.0), (second, 0.0)]
+    pipeline.deliver(first)
+    pipeline.deliver(second)
+    assert [(d.state, d.attempts) for d in map(store.delivery, (first, second))] == [
+        ("delivered", 2),
+        ("delivered", 1),
+    ]
+    assert store.waiting_deliveries() == {}
+    audit = [(r["event"], r["outcome"], r["destination"], r["detail"]) for r in store.audit_rows()]
+    assert ("destination", "paused", "planning", "by J. Physicist") in audit
+    assert ("destination", "resumed", "planning", "by J. Physicist") in audit
+    with pytest.raises(KeyError):
+        pipeline.pause_destination("nowhere", by="J. Physicist")
