@@ -100,21 +100,26 @@ class JobOutcome(_Frozen):
         ]
 
 
+# (stage, from timestamp, to timestamp): the spans :func:`stage_timings` and the metrics measure.
+STAGE_SPANS = (
+    ("receive", "received_first", "received_last"),
+    ("assemble", "received_last", "ready"),
+    ("queue", "ready", "started"),
+    ("volume", "started", "volume"),
+    ("segment", "volume", "segment"),
+    ("rtstruct", "segment", "rtstruct"),
+    ("send", "rtstruct", "delivered"),
+    ("total", "received_last", "delivered"),
+)
+
+
 def stage_timings(stages: dict[str, float], outcome: JobOutcome | None = None) -> dict[str, float]:
     """Seconds per stage from a job's recorded stage timestamps (stages not reached are left
     out). ``wait`` is the time the job's models waited for another job's use of the same model;
     ``segment`` is the models' own run time (the volume -> segment span less that wait)."""
-    spans = [
-        ("receive", "received_first", "received_last"),
-        ("assemble", "received_last", "ready"),
-        ("queue", "ready", "started"),
-        ("volume", "started", "volume"),
-        ("segment", "volume", "segment"),
-        ("rtstruct", "segment", "rtstruct"),
-        ("send", "rtstruct", "delivered"),
-        ("total", "received_last", "delivered"),
-    ]
-    out = {n: round(stages[b] - stages[a], 3) for n, a, b in spans if a in stages and b in stages}
+    out = {
+        n: round(stages[b] - stages[a], 3) for n, a, b in STAGE_SPANS if a in stages and b in stages
+    }
     if outcome is not None and "segment" in out:
         wait = round(sum(o.wait_s for o in outcome.models.values()), 3)
         out["wait"] = wait

@@ -406,3 +406,7 @@ class Receiver:
             self._audit("received", "refused", **who, instances=n, detail=why)
         if not stored and not refused:
             self._audit("association", "no instances", **who, detail=how)
+        else:  # one row per association, so that associations can be counted by outcome
+            n = sum(stored.values()) + sum(refused.values())
+            outcome = "released" if clean else "aborted"
+            self._audit("association", outcome, **who, instances=n, detail=how)
