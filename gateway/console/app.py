@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.console import auth, pages
 from gateway.console.web import TEMPLATES, Console, Operations, csrf_token
 from gateway.db.database import Store
+from gateway.monitor.metrics import MetricsExporter
 
 # Pages are self-contained: no script, no style or image from elsewhere, not framed.
 SECURITY_HEADERS = [
@@ -105,7 +106,13 @@ def create_app(cfg: GatewayConfig, store: Store, ops: Operations) -> Starlette:
             ),
         ],
     )
-    app.state.console = Console(cfg=cfg, store=store, ops=ops, templates=_templates(cfg))
+    app.state.console = Console(
+        cfg=cfg,
+        store=store,
+        ops=ops,
+        templates=_templates(cfg),
+        metrics=MetricsExporter(cfg, store, ops),
+    )
     return app
 
 

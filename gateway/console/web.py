@@ -27,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.console.security import LoginThrottle, Passwords, allowed
 from gateway.db.database import Store
 from gateway.db.tables import UserRow
+from gateway.monitor.metrics import MetricsExporter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Console:
     store: Store
     ops: Operations
     templates: Jinja2Templates
+    metrics: MetricsExporter
     passwords: Passwords = field(default_factory=Passwords)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     started_at: float = field(default_factory=time.time)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.console.pages import audit, destinations, jobs, overview, users
+from gateway.console.pages import audit, destinations, jobs, overview, probes, users
 
 ROUTES: list[BaseRoute] = [
     *overview.ROUTES,
@@ -12,4 +12,5 @@ ROUTES: list[BaseRoute] = [
     *destinations.ROUTES,
     *audit.ROUTES,
     *users.ROUTES,
+    *probes.ROUTES,
 ]

@@ -10,17 +10,21 @@ from starlette.routing import Route
 
 from gateway.console.web import action, audit_action, back, console, page
 from gateway.db.tables import UserRow
+from gateway.monitor.health import readiness
 
 DAY_S = 24 * 3600.0
 
 
 @page("viewer")
 def overview(request: Request, user: UserRow) -> Response:
-    from gateway.monitor.health import readiness  # noqa: PLC0415 - merged with the metrics work
-
     c = console(request)
     now = time.time()
-    ready, checks = readiness(c.cfg, c.store, c.ops)
+    ready, body = readiness(c.cfg, c.store, c.ops)
+    components = c.store.components()
+    models = {
+        name: components.get(f"model:{name}")
+        for name in sorted({m for rule in c.cfg.rules for m in rule.models})
+    }
     activity = c.store.activity(now - DAY_S)
     done = activity["jobs"].get("done", 0)
     return c.render(
@@ -31,7 +35,8 @@ def overview(request: Request, user: UserRow) -> Response:
         user=user,
         refresh=True,
         ready=ready,
-        checks=checks,
+        checks=body["checks"],
+        models=models,
         activity=activity,
         per_hour={
             "instances": activity["instances"] / 24.0,
