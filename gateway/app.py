@@ -150,6 +150,12 @@ class Gateway:
                 log.error("model %s failed to load: %s", name, exc)
 
 
+def cancel(cfg: GatewayConfig, job_id: int, by: str) -> str:
+    """Cancel a job for the operator ``by`` (:meth:`Pipeline.cancel`), beside a serving
+    gateway like :func:`resend`. Raises KeyError for an unknown job."""
+    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg))).cancel(job_id, by)
+
+
 def resend(cfg: GatewayConfig, job_id: int) -> str:
     """Queue a failed job, or its parked deliveries, again for the running gateway's workers.
 
