@@ -285,3 +285,28 @@ def test_a_job_cancelled_after_its_structure_set_is_resent_to_the_rule_s_destina
     [d] = store.deliveries_for(job_id)
     assert (d.destination, d.state) == ("planning", "pending")
     assert store.job(job_id).state == "delivering"
+
+
+def test_aircon_cancel_with_who_and_its_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from gateway.cli import main
+    from gateway.config import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": "sqlite:///aircon.db"}}))
+    store = Store(load_config(config).database.url)
+    job = store.create_job("1.2.3", "mr", ["pelvis"], now=1000.0)
+
+    assert main(["-c", str(config), "cancel", str(job.id), "--by", "ivan"]) == 0
+    assert f"job {job.id}: cancelled (was waiting)" in capsys.readouterr().out
+    assert store.job(job.id).state == "cancelled"
+    assert _audited(store, job.id) == ["rule mr: by ivan (was waiting)"]
+    assert main(["-c", str(config), "cancel", str(job.id), "--by", "ivan"]) == 1
+    assert "already cancelled" in capsys.readouterr().err
+    assert main(["-c", str(config), "cancel", "999", "--by", "ivan"]) == 1
+    assert "no job 999" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-c", str(config), "cancel", str(job.id)])  # who is required
