@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class Gateway:
         pipeline.recover(receiving=listen)
         if scp is not None:
             scp.start()
+            self.store.set_component("scp", "listening", time.time(), owner=self.owner)
         console = self._console() if listen and self.cfg.http.enabled else None
         threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
         stop = threading.Event()
@@ -110,6 +112,7 @@ class Gateway:
                 console.stop()
             if scp is not None:
                 scp.stop()
+                self.store.set_component("scp", "stopped", time.time(), owner=self.owner)
             self._scp_obj = None
             log.info("gateway stopped")
 
@@ -172,11 +175,23 @@ class Gateway:
 
         names = {m for r in self.cfg.rules for m in r.models}
         for name in sorted(names):
+            component = f"model:{name}"
+            self.store.set_component(component, "loading", time.time(), owner=self.owner)
             try:
                 self.pipeline.segmenters.get(self.cfg.models[name]).warm_up()
                 log.info("model %s warm", name)
             except Exception as exc:  # reported again, per job, when it is used
                 log.error("model %s failed to load: %s", name, exc)
+                why = f"{type(exc).__name__}: {exc}"[:500]
+                self.store.set_component(component, "failed", time.time(), why, self.owner)
+            else:
+                self.store.set_component(component, "ok", time.time(), owner=self.owner)
+
+
+def cancel(cfg: GatewayConfig, job_id: int, by: str) -> str:
+    """Cancel a job for the operator ``by`` (:meth:`Pipeline.cancel`), beside a serving
+    gateway like :func:`resend`. Raises KeyError for an unknown job."""
+    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg))).cancel(job_id, by)
 
 
 class GatewayOperations:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from gateway.config import GatewayConfig, RuleConfig
 from gateway.db.database import Store
+from gateway.db.records import JobState
 from gateway.errors import GatewayError, PermanentError
 from gateway.failpoints import CrashPoints
 from gateway.imaging import Volume, channels_on, labels_onto
@@ -147,6 +149,28 @@ def structure_set(
     return structures, ds
 
 
+class _Cancelled(Exception):
+    """The job was cancelled while it ran: stop at this stage, deliver nothing."""
+
+
+def write_preview(reference: Volume, structures: Sequence[Structure], path: Path) -> Path | None:
+    """The contour preview PNG of a structure set at ``path``, from the volumes already in
+    memory; None (logged) when it cannot be made: a preview never fails a job."""
+    from gateway.contour import preview
+
+    try:
+        png = preview.render(
+            sitk.GetArrayViewFromImage(reference.image),
+            reference.image.GetSpacing(),
+            [preview.PreviewRoi(st.roi.name, st.roi.color, st.mask) for st in structures],
+        )
+        path.write_bytes(png)
+    except Exception as exc:
+        log.warning("contour preview %s not made: %s: %s", path.name, type(exc).__name__, exc)
+        return None
+    return path
+
+
 class JobRunner:
     """The run stage of a job: claim it under a lease, read its volumes, run its models, build
     and write the RTSTRUCT, record the typed outcome and open the deliveries."""
@@ -178,6 +202,9 @@ class JobRunner:
             return
         try:
             self._run(job_id)
+        except _Cancelled:
+            self.store.release_job(job_id)
+            log.info("job %d: cancelled while it ran; stopped, nothing delivered", job_id)
         except PermanentError as exc:
             self._fail(job_id, str(exc))
         except GatewayError as exc:
@@ -251,9 +278,18 @@ class JobRunner:
             merge_s=round(time.perf_counter() - t0, 3),
             partial=partial,
         )
+        preview = write_preview(run.reference, structures, out.with_suffix(".png"))
         ids = self.store.finish_run(
-            job_id, outcome, str(ds.SOPInstanceUID), str(out), rule.destinations, self.clock()
+            job_id,
+            outcome,
+            str(ds.SOPInstanceUID),
+            str(out),
+            rule.destinations,
+            self.clock(),
+            preview_path=str(preview) if preview else None,
         )
+        if ids is None:
+            raise _Cancelled
         log.info(
             "job %d study %s: RTSTRUCT %s built (%d ROIs from %s), delivering to %d destination(s)",
             job_id,
@@ -267,4 +303,6 @@ class JobRunner:
             self.dispatch.deliver(delivery_id)
 
     def _stage(self, job_id: int, stage: str) -> None:
-        self.store.update_job(job_id, stage=stage, now=self.clock())
+        job = self.store.update_job(job_id, stage=stage, now=self.clock())
+        if job.state == JobState.CANCELLED.value:
+            raise _Cancelled

@@ -114,8 +114,11 @@ class Pipeline:
             if last.state not in TERMINAL:
                 return  # busy with earlier input: settling it asks for the next check
             # The job's inputs were fixed when it became ready (or failed waiting); only an
-            # instance received after that is new.
+            # instance received after that is new. A cancelled job is the operator's decision
+            # on what had arrived by then: the study is not routed again unless sent again.
             decided = last.stages.get("ready", last.stages.get("failed", last.created_at))
+            if last.state == JobState.CANCELLED.value:
+                decided = max(decided, last.stages.get("cancelled", decided))
             if decided >= study.last_received_at:
                 return
             last = None
@@ -178,11 +181,26 @@ class Pipeline:
     # -- operations ----------------------------------------------------------------------------
 
     def resend(self, job_id: int) -> str:
-        """Retry a finished job: its deliveries, or the whole job if it made no RTSTRUCT."""
+        """Retry a finished job: its deliveries, or the whole job if it made no RTSTRUCT.
+
+        A cancelled job is taken up again the same way: its structure set, if it made one, goes
+        to the rule's destinations; otherwise it runs again from its inputs (one that was
+        cancelled before its inputs were complete cannot: the study must be sent again)."""
         job = self.store.job(job_id)
         if job is None:
             raise KeyError(job_id)
+        cancelled = job.state == JobState.CANCELLED.value
+        if cancelled and job.lease_owner and (job.lease_expires_at or 0.0) > self.clock():
+            raise PermanentError(
+                f"job {job_id} was cancelled while running and has not stopped yet; "
+                "resend it once it has"
+            )
         if job.rtstruct_path and Path(job.rtstruct_path).is_file():
+            if cancelled:  # cancelled while it ran, it may have opened no delivery
+                rule = next((r for r in self.cfg.rules if r.name == job.rule), None)
+                if rule is None:
+                    raise PermanentError(f"job {job_id}: rule {job.rule} is no longer configured")
+                self.store.create_deliveries(job_id, rule.destinations)
             ids = self.delivery.requeue(job_id)
             self.store.update_job(job_id, state=JobState.DELIVERING, reason="resend requested")
             for i in ids:
@@ -213,6 +231,18 @@ class Pipeline:
         ids = self.delivery.release(name)
         log.info("destination %s resumed by %s: %d delivery(ies) due", name, by, len(ids))
         return f"destination {name} resumed: {len(ids)} delivery(ies) queued"
+
+    def cancel(self, job_id: int, by: str) -> str:
+        """Cancel a job for the operator ``by`` (audited): waiting, queued, failed, or with
+        deliveries pending or parked. A job running now stops at its next stage and delivers
+        nothing. It is never claimed, recovered or routed again by itself; :meth:`resend`
+        takes it up again. Raises KeyError for an unknown job, PermanentError for one that is
+        done (everything delivered) or already cancelled."""
+        was = self.store.cancel_job(job_id, by, self.clock())
+        log.info("job %d cancelled by %s (was %s)", job_id, by, was)
+        if was == JobState.RUNNING.value:
+            return f"job {job_id}: cancelled; it is running and stops at its next stage"
+        return f"job {job_id}: cancelled (was {was})"
 
     def recover(self, receiving: bool = True) -> None:
         """After a (re)start: take back work whose owner died, re-dispatch what is queued, and

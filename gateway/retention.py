@@ -3,8 +3,10 @@
 A study qualifies when its last instance arrived before the cut-off, none of its jobs is
 waiting, queued, running, delivering or failed (a failed job may still be resent), and every
 delivery of its jobs was delivered, and no structure set sent back for it waits to be compared.
-Its spool files, RTSTRUCT files (ours and those sent back) and instance/series/study rows go;
-jobs, deliveries, structure-set rows, QA results and the audit trail stay. Each purge is audited.
+A cancelled job and its cancelled deliveries count as done.
+Its spool files, RTSTRUCT files (ours and those sent back), contour previews and
+instance/series/study rows go; jobs, deliveries, structure-set rows, QA results and the audit
+trail stay. Each purge is audited.
 """
 
 from __future__ import annotations

@@ -260,6 +260,16 @@ def cmd_resend(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.app import cancel
+
+    try:
+        print(cancel(cfg, args.job, args.by))
+    except KeyError:
+        raise GatewayError(f"no job {args.job}") from None
+    return 0
+
+
 def cmd_demo(cfg_path: Path, args: argparse.Namespace) -> int:
     from gateway.demo.run import REPO, run_demo
 
@@ -328,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--csv", action="store_true", help="CSV with a header row")
     r = sub.add_parser("resend", help="retry a failed job or its parked deliveries")
     r.add_argument("job", type=int)
+    c = sub.add_parser(
+        "cancel",
+        help="cancel a job: it is not run, delivered or routed again (resend takes it up)",
+    )
+    c.add_argument("job", type=int)
+    c.add_argument("--by", required=True, help="who cancels it (recorded in the audit trail)")
     d = sub.add_parser(
         "demo",
         help="a study in, RTSTRUCT out, on loopback (default: ProstateX-0000, real anatomy)",
@@ -371,6 +387,7 @@ COMMANDS = {
     "studies": cmd_studies,
     "jobs": cmd_jobs,
     "resend": cmd_resend,
+    "cancel": cmd_cancel,
     "audit": cmd_audit,
 }
 

@@ -23,6 +23,8 @@ from gateway.db.tables import (
 )
 
 OPEN_SETS = (StructureSetState.PENDING.value, StructureSetState.COMPARING.value)
+SETTLED_JOBS = (JobState.DONE.value, JobState.CANCELLED.value)
+SETTLED_DELIVERIES = (DeliveryState.DELIVERED.value, DeliveryState.CANCELLED.value)
 
 
 class AuditQueries:
@@ -50,14 +52,15 @@ class AuditQueries:
     def purgeable_studies(self, older_than: float) -> list[str]:
         """Studies last touched before ``older_than`` whose work is all finished and delivered:
         no job waiting, queued, running or delivering, no failed job (it may be resent), and
-        every delivery delivered. A study no rule matched (no jobs) is purgeable too."""
+        every delivery delivered (a cancelled job and its deliveries count as done). A study no
+        rule matched (no jobs) is purgeable too."""
         with self.session() as s:
             return _purgeable(s, older_than)
 
     def delete_study(self, study_uid: str, older_than: float) -> list[str]:
-        """Delete a study's rows (instances, series, study; its jobs' RTSTRUCT paths are
-        cleared) if it is still purgeable, in the same transaction as that check; return the
-        instance and RTSTRUCT paths to delete."""
+        """Delete a study's rows (instances, series, study; its jobs' RTSTRUCT and preview
+        paths are cleared) if it is still purgeable, in the same transaction as that check;
+        return the instance, RTSTRUCT and preview paths to delete."""
         with self.session() as s:
             if study_uid not in _purgeable(s, older_than, study_uid):
                 return []
@@ -71,6 +74,9 @@ class AuditQueries:
                 if job.rtstruct_path:
                     paths.append(job.rtstruct_path)
                     job.rtstruct_path = None
+                if job.preview_path:
+                    paths.append(job.preview_path)
+                    job.preview_path = None
             # Structure sets sent back: their files go, their rows (and QA results) stay.
             for returned in s.scalars(
                 select(StructureSetRow).where(StructureSetRow.study_uid == study_uid)
@@ -91,7 +97,8 @@ def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[s
     out = []
     for uid in s.scalars(query).all():
         jobs = list(s.scalars(select(JobRow).where(JobRow.study_uid == uid)))
-        if any(j.state != JobState.DONE.value for j in jobs):
+        # A cancelled job counts as done, once its worker (if it was running) has stopped.
+        if any(j.state not in SETTLED_JOBS or j.lease_owner for j in jobs):
             continue
         comparing = s.scalar(
             select(func.count()).where(
@@ -104,7 +111,7 @@ def _purgeable(s: Session, older_than: float, only: str | None = None) -> list[s
         undelivered = s.scalar(
             select(func.count(DeliveryRow.id)).where(
                 DeliveryRow.job_id.in_([j.id for j in jobs]),
-                DeliveryRow.state != DeliveryState.DELIVERED.value,
+                DeliveryRow.state.not_in(SETTLED_DELIVERIES),
             )
         )
         if not undelivered:

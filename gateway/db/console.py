@@ -128,11 +128,6 @@ class ConsoleQueries:
             ]
             return out, int(total)
 
-    def studies_for_key(self, patient_key: str) -> list[str]:
-        with self.session() as s:
-            q = select(SeriesRow.study_uid).where(SeriesRow.patient_key == patient_key).distinct()
-            return list(s.scalars(q))
-
     def series_descriptions(self, series_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self.session() as s:
             q = select(SeriesRow).where(SeriesRow.series_uid.in_(list(series_uids)))

@@ -147,11 +147,13 @@ class DeliveryQueries:
             return ids
 
     def retry_delivery(self, delivery_id: int, attempts: int, status: str, at: float) -> None:
-        """SENDING -> PENDING, due again at ``at``."""
+        """SENDING -> PENDING, due again at ``at`` (not if its job was cancelled meanwhile)."""
         with self.session() as s:
             s.execute(
                 update(DeliveryRow)
-                .where(DeliveryRow.id == delivery_id)
+                .where(
+                    DeliveryRow.id == delivery_id, DeliveryRow.state == DeliveryState.SENDING.value
+                )
                 .values(
                     state=DeliveryState.PENDING.value,
                     attempts=attempts,
@@ -177,7 +179,10 @@ class DeliveryQueries:
         with self.session() as s:
             d = s.get(DeliveryRow, delivery_id)
             assert d is not None
-            d.state = state.value
+            # Its job was cancelled while it was being sent: only a delivery that arrived
+            # changes that.
+            if d.state != DeliveryState.CANCELLED.value or state is DeliveryState.DELIVERED:
+                d.state = state.value
             d.attempts = attempts
             d.last_status = status
             d.lease_owner = None

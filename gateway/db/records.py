@@ -17,9 +17,10 @@ class JobState(str, enum.Enum):
     DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by an operator: never run, delivered or routed again by itself
 
 
-TERMINAL = (JobState.DONE, JobState.FAILED)
+TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
 class DeliveryState(str, enum.Enum):
@@ -27,6 +28,7 @@ class DeliveryState(str, enum.Enum):
     SENDING = "sending"
     DELIVERED = "delivered"
     FAILED = "failed"  # parked: max attempts reached or permanently rejected
+    CANCELLED = "cancelled"  # its job was cancelled before it was delivered
 
 
 @dataclass(frozen=True)

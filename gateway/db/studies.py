@@ -151,6 +151,23 @@ class StudyQueries:
                 open_associations=st.open_associations or 0,
             )
 
+    def studies_for_patient_key(self, key: str) -> list[str]:
+        """The studies (UIDs, the last received first) with a series of the patient whose
+        salted key (:func:`gateway.receive.receiver.key_of`) is ``key``."""
+        if not key:
+            return []
+        query = (
+            select(StudyRow.study_uid)
+            .where(
+                StudyRow.study_uid.in_(
+                    select(SeriesRow.study_uid).where(SeriesRow.patient_key == key)
+                )
+            )
+            .order_by(StudyRow.last_received_at.desc(), StudyRow.study_uid)
+        )
+        with self.session() as s:
+            return list(s.scalars(query))
+
     def list_studies(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Studies in order of arrival; with ``limit``, only the ``limit`` that arrived last."""
         counts = (

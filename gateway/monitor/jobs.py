@@ -12,7 +12,8 @@ from gateway.db.work import timings
 
 def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
     """Jobs as plain dicts: state, reason, per-stage timings, models with provenance, series
-    used per model, ROIs with volumes, deliveries."""
+    used per model, ROIs with volumes, the contour preview PNG (None when none was made),
+    deliveries."""
     out = []
     for job in jobs:
         outcome = job.job_outcome
@@ -25,6 +26,7 @@ def describe(store: Store, jobs: Sequence[JobRow]) -> list[dict[str, Any]]:
                 "state": job.state,
                 "reason": job.reason,
                 "rtstruct_uid": job.rtstruct_uid,
+                "preview_path": job.preview_path,
                 "attempts": job.attempts,
                 "timings_s": timings(job),
                 "model_outcomes": outcome.model_dump(mode="json")["models"],

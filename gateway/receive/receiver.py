@@ -155,11 +155,28 @@ def check_dataset(ds: Dataset, sop_class_uid: str, transfer_syntax: str) -> None
         )
 
 
-def patient_key(ds: Dataset, salt: str) -> str:
-    """A salted hash (HMAC-SHA-256, hex) of PatientID and IssuerOfPatientID: equal for the
-    same patient under one installation's salt, and never the clear value."""
-    who = "\x00".join(str(_get(ds, kw) or "") for kw in ("PatientID", "IssuerOfPatientID"))
+def key_of(patient_id: str, issuer: str, salt: str) -> str:
+    """A salted hash (HMAC-SHA-256, hex) of a PatientID and its IssuerOfPatientID ("" when
+    none): equal for the same patient under one installation's salt, and never the clear
+    value. The one definition: reception and the console's patient search both use it."""
+    who = f"{patient_id}\x00{issuer}"
     return hmac.new(salt.encode(), who.encode(), hashlib.sha256).hexdigest()
+
+
+def patient_key(ds: Dataset, salt: str) -> str:
+    """:func:`key_of` a dataset's PatientID and IssuerOfPatientID."""
+    patient_id, issuer = (str(_get(ds, kw) or "") for kw in ("PatientID", "IssuerOfPatientID"))
+    return key_of(patient_id, issuer, salt)
+
+
+def studies_of_patient(store: Store, patient_id: str, issuer: str = "") -> list[str]:
+    """The studies received for a patient typed by an operator: exact match on PatientID (and
+    IssuerOfPatientID, if given) through the salted key, never stored or logged in clear.
+    Surrounding spaces are ignored, as DICOM pads values with them."""
+    patient_id, issuer = patient_id.strip(), issuer.strip()
+    if not patient_id:
+        return []
+    return store.studies_for_patient_key(key_of(patient_id, issuer, store.patient_salt))
 
 
 def describe_instance(ds: Dataset, path: str = "", *, salt: str = "") -> InstanceRecord:

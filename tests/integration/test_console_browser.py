@@ -98,8 +98,13 @@ def browser() -> Iterator[Any]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--disable-gpu"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--disable-gpu",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     driver.set_page_load_timeout(30)
@@ -123,16 +128,31 @@ def _open(driver: Any, url: str) -> str:
 
 def _add_user(gw: Any, name: str, role: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "-c", str(gw.config_path), "user", "add", name,
-         "--role", role, "--password-stdin"],
-        input=PASSWORD + "\n", capture_output=True, text=True, cwd=gw.work,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(gw.config_path),
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        cwd=gw.work,
     )
     assert out.returncode == 0, out.stderr
 
 
 def _study(folder: Path, seed: int) -> Path:
-    write_dicom_series(make_phantom(seed), folder, seed=seed, patient_name=NAME,
-                       patient_id=PATIENT_ID)
+    write_dicom_series(
+        make_phantom(seed), folder, seed=seed, patient_name=NAME, patient_id=PATIENT_ID
+    )
     return folder
 
 
@@ -175,21 +195,37 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
 
             # 1. A study sent with storescu appears; its job goes to done.
             assert gw.storescu(_study(tmp_path / "s1", 811)).returncode == 0
-            wait_for(lambda: "done" in _open(d, url + "/jobs"), 300, interval=2,
-                     what="the job done on the jobs page")
+            wait_for(
+                lambda: "done" in _open(d, url + "/jobs"),
+                300,
+                interval=2,
+                what="the job done on the jobs page",
+            )
             _shot(d, "jobs")
             job_id = int(d.find_element(By.CSS_SELECTOR, "#jobs tr[data-job] a").text)
             d.get(f"{url}/jobs/{job_id}")
             img = d.find_element(By.ID, "preview")
-            wait_for(lambda: d.execute_script(
-                "return arguments[0].complete && arguments[0].naturalWidth", img), 10,
-                what="the preview image loaded")
+            wait_for(
+                lambda: d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth", img
+                ),
+                10,
+                what="the preview image loaded",
+            )
             timings = d.find_element(By.ID, "timings").text
             assert "segment" in timings and "rtstruct" in timings and "total" in timings
             assert "delivered" in d.find_element(By.ID, "deliveries").text
             _shot(d, "job")
-            for page in ("", "studies", "destinations", "peers", "models", "qa", "audit",
-                         "self-test"):
+            for page in (
+                "",
+                "studies",
+                "destinations",
+                "peers",
+                "models",
+                "qa",
+                "audit",
+                "self-test",
+            ):
                 body = _open(d, f"{url}/{page}")
                 assert "500" not in d.title and "Internal Server Error" not in body, page
                 assert NAME.split("^")[0] not in body and PATIENT_ID not in body, page
@@ -201,7 +237,9 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             stopped = time.monotonic()
             wait_for(
                 lambda: "down" in _open(d, url + "/destinations").split("planning", 1)[-1][:200],
-                2 * ECHO_S + 2, interval=0.5, what="planning shown down",
+                2 * ECHO_S + 2,
+                interval=0.5,
+                what="planning shown down",
             )
             assert time.monotonic() - stopped <= 2 * ECHO_S + 2
             _shot(d, "destination-down")
@@ -209,10 +247,16 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             assert any("planning" in m for m in mail.messages)
             assert any("planning" in json.dumps(p) for p in hook.posts)
             node.start()
-            wait_for(lambda: any("RESOLVED" in m.upper() for m in mail.messages[1:]), 60,
-                     what="the resolved mail")
-            wait_for(lambda: any("resolved" in json.dumps(p).lower() for p in hook.posts[1:]),
-                     30, what="the resolved webhook")
+            wait_for(
+                lambda: any("RESOLVED" in m.upper() for m in mail.messages[1:]),
+                60,
+                what="the resolved mail",
+            )
+            wait_for(
+                lambda: any("resolved" in json.dumps(p).lower() for p in hook.posts[1:]),
+                30,
+                what="the resolved webhook",
+            )
             for text in [*mail.messages, *map(json.dumps, hook.posts)]:
                 assert PATIENT_ID not in text and "Brightwater" not in text
 
@@ -220,18 +264,27 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             node.mode = "fail"
             before = len(node.receipts)
             assert gw.storescu(_study(tmp_path / "s2", 812)).returncode == 0
-            wait_for(lambda: "failed" in _open(d, url + "/jobs").split("\n", 12)[-1], 300,
-                     interval=2, what="the second job failed (delivery parked)")
-            second = max(int(a.text) for a in d.find_elements(
-                By.CSS_SELECTOR, "#jobs tr[data-job] td:first-child a"))
+            wait_for(
+                lambda: "failed" in _open(d, url + "/jobs").split("\n", 12)[-1],
+                300,
+                interval=2,
+                what="the second job failed (delivery parked)",
+            )
+            second = max(
+                int(a.text)
+                for a in d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job] td:first-child a")
+            )
             d.get(f"{url}/jobs/{second}")
             assert "failed" in d.find_element(By.ID, "deliveries").text
             node.mode = "ok"
             d.find_element(By.ID, "resend").click()
             wait_for(lambda: len(node.receipts) > before, 60, what="the resent RTSTRUCT received")
             assert "queued again" in d.find_element(By.ID, "flash").text
-            wait_for(lambda: "delivered" in _open(d, f"{url}/jobs/{second}"), 30,
-                     what="the delivery shown delivered")
+            wait_for(
+                lambda: "delivered" in _open(d, f"{url}/jobs/{second}"),
+                30,
+                what="the delivery shown delivered",
+            )
             _shot(d, "job-resent")
             audit = gw.store().audit_page(text="olga", limit=None)[0]
             assert {"ok", "job resent"} <= {a.outcome for a in audit}

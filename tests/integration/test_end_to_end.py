@@ -218,6 +218,10 @@ def test_study_survives_a_killed_gateway(make_gateway, tmp_path) -> None:
         jobs = gw.wait_jobs(1)
         assert [j["state"] for j in jobs] == ["done"]
         assert len(node.files()) == 1
+        # The contour preview made when the job built its structure set, next to it.
+        preview = Path(jobs[0]["preview_path"])
+        assert preview.parent == gw.cfg.paths.output / jobs[0]["study_uid"]
+        assert preview.read_bytes().startswith(b"\x89PNG")
     finally:
         node.stop()
 

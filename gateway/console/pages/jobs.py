@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from pydicom.dataset import Dataset
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -17,7 +16,7 @@ from gateway.db.console import JobFilter
 from gateway.db.records import JobState
 from gateway.db.tables import UserRow
 from gateway.job import stage_timings
-from gateway.receive.receiver import patient_key
+from gateway.receive.receiver import key_of
 
 PER_PAGE = 50
 KEY_LENGTH = 64
@@ -48,7 +47,7 @@ def _patient_key(request: Request) -> str:
 def studies(request: Request, user: UserRow) -> Response:
     c = console(request)
     key = _patient_key(request)
-    uids = c.store.studies_for_key(key) if key else None
+    uids = c.store.studies_for_patient_key(key) if key else None
     params = {k: v for k, v in request.query_params.items() if k in ("key", "attention")}
     n = _page_no(request)
     rows, total = c.store.study_page(
@@ -83,12 +82,7 @@ def search(request: Request, user: UserRow, form: dict[str, str]) -> Response:
     patient_id = form.get("patient_id", "").strip()
     if not patient_id:
         return back(request, "Type a patient ID to search for.", "/studies", error=True)
-    ds = Dataset()
-    ds.PatientID = patient_id[:64]
-    issuer = form.get("issuer", "").strip()
-    if issuer:
-        ds.IssuerOfPatientID = issuer[:64]
-    key = patient_key(ds, c.store.patient_salt)
+    key = key_of(patient_id[:64], form.get("issuer", "").strip()[:64], c.store.patient_salt)
     audit_action(c, request, user, "patient search", detail="exact-match search (value not kept)")
     return RedirectResponse(f"/studies?key={key}", status_code=303)
 
