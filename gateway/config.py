@@ -316,6 +316,22 @@ class AlertsConfig(Frozen):
     check_interval_s: Annotated[float, Field(gt=0)] = 15.0
     conditions: AlertConditions = AlertConditions()
 
+    @field_validator("sinks")
+    @classmethod
+    def _apprise_understands(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            return value
+        import apprise  # only when sinks are configured: it loads every plugin
+
+        # The URL is not repeated in the error: it may carry a password or a webhook token.
+        unknown = [i for i, url in enumerate(value) if apprise.Apprise.instantiate(url) is None]
+        if unknown:
+            raise ValueError(
+                f"sink(s) {unknown} (counting from 0): Apprise does not understand the URL; "
+                "see https://github.com/caronc/apprise/wiki (mailto://, json://, msteams://, ...)"
+            )
+        return value
+
 
 class RuleMatch(Frozen):
     calling_ae: Regex | None = None
