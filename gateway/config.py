@@ -11,6 +11,7 @@ rules to models and destinations are checked against the validation context that
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -323,8 +324,15 @@ class AlertsConfig(Frozen):
             return value
         import apprise  # only when sinks are configured: it loads every plugin
 
-        # The URL is not repeated in the error: it may carry a password or a webhook token.
-        unknown = [i for i, url in enumerate(value) if apprise.Apprise.instantiate(url) is None]
+        # The URL is not repeated in the error, and Apprise's own log line that repeats it is
+        # held back: it may carry a password or a webhook token.
+        quiet = logging.getLogger("apprise")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL + 1)
+        try:
+            unknown = [i for i, u in enumerate(value) if apprise.Apprise.instantiate(u) is None]
+        finally:
+            quiet.setLevel(level)
         if unknown:
             raise ValueError(
                 f"sink(s) {unknown} (counting from 0): Apprise does not understand the URL; "

@@ -57,10 +57,7 @@ class Notifier:
         import apprise
 
         self._apprise = apprise
-        self.sinks = tuple(urls)
-        for i, url in enumerate(urls):
-            if apprise.Apprise.instantiate(url) is None:  # check-config refuses these
-                log.error("alerts.sinks[%d]: Apprise does not understand this URL", i)
+        self.sinks = tuple(urls)  # each one understood by Apprise (checked with the config)
 
     def send(self, title: str, body: str, kind: str, only: set[int] | None = None) -> set[int]:
         """Send to every sink (or those in ``only``); return the indices of those that failed."""
@@ -251,6 +248,8 @@ class AlertMonitor:
         if len(failed) == len(self.notifier.sinks):
             log.warning("alert %d: no sink took it; trying again at the next check", row.id)
             return False
+        for key in [k for k in self._retries if k[0] == row.id]:
+            del self._retries[key]  # a later message of the same alert supersedes it
         if failed:
             self._retries[(row.id, stage)] = _Retry(title, body, kind, failed)
         outcome = (

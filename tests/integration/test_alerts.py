@@ -331,3 +331,26 @@ def test_no_alert_message_carries_patient_data(
     for m in messages:
         for value in (*PATIENT.values(), "DOE", "JANE", "1945"):
             assert value not in m
+
+
+def test_two_processes_on_one_database_send_an_alert_once(tmp_path: Path, mailbox: Mailbox) -> None:
+    cfg, store = make(tmp_path, [mailbox.url])
+    other = Store(cfg.database.url)  # a second process's connection to the same database
+    job = store.create_job("1.2.826.0.1.1", "prostate-mr", ["taps"], T0)
+    store.fail_job(job.id, "model taps: CUDA out of memory", T0)
+    subject = f"job_failed:{job.id}"
+    row = store.open_alert(subject, T0, kind="job_failed", message=f"job {job.id} failed")
+    assert row is not None and other.open_alert(subject, T0, kind="job_failed") is None
+    # Both read it as due before either sent it: the conditional claim lets one through.
+    assert store.claim_alert_send(row.id, None, T0) is True
+    assert other.claim_alert_send(row.id, None, T0) is False
+    store.release_alert_send(row.id, None, T0)  # the winner's sinks all failed: sent next check
+    clock = Clock()
+    first, second = AlertMonitor(cfg, store, clock=clock), AlertMonitor(cfg, other, clock=clock)
+    for monitor in (first, second, first, second):
+        monitor.check()
+    clock.at_minute(0.5)
+    first.check()
+    second.check()
+    assert mailbox.subjects == [f"[AIRCON FIRING] job {job.id} failed (rule prostate-mr)"]
+    assert [a.key for a in store.alerts()] == [f"{subject}#1"]

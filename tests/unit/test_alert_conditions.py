@@ -3,7 +3,11 @@ for a job failed by a parked delivery."""
 
 from __future__ import annotations
 
-from gateway.config import AlertConditions
+from pathlib import Path
+
+import pytest
+
+from gateway.config import AlertConditions, ConfigError, parse_config
 from gateway.monitor.conditions import (
     DeliveryFact,
     DestinationFact,
@@ -49,3 +53,15 @@ def test_disk_guard_and_backlog_thresholds() -> None:
     assert keys(Facts(NOW, queued_jobs=50)) == []  # at the limit: not above it
     (backlog,) = evaluate(Facts(NOW, queued_jobs=51), AlertConditions())
     assert backlog.kind is Kind.QUEUE_BACKLOG and "51 jobs" in backlog.summary
+
+
+def test_check_config_refuses_a_sink_url_apprise_does_not_understand(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    good = "mailto://127.0.0.1:2525?from=aircon@example.org&to=oncall@example.org"
+    cfg = parse_config({"alerts": {"sinks": [good, "json://127.0.0.1:8000/hook"]}}, tmp_path)
+    assert cfg.alerts.sinks[0] == good
+    with pytest.raises(ConfigError) as err:
+        parse_config({"alerts": {"sinks": [good, "smtp-please://secret@relay"]}}, tmp_path)
+    ((where, why),) = err.value.problems
+    assert where == "alerts.sinks" and "sink(s) [1]" in why
+    assert "secret" not in str(err.value.problems)  # a sink URL may hold a password
