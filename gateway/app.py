@@ -11,6 +11,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
 from gateway.failpoints import CrashPoints
+from gateway.monitor.alerts import AlertMonitor
 from gateway.monitor.echo import EchoMonitor
 from gateway.pipeline import Pipeline
 from gateway.queue import HueyDispatcher, make_huey
@@ -89,6 +90,8 @@ class Gateway:
             threading.Thread(
                 target=self.echo_monitor.run, args=(stop,), name="echo-monitor", daemon=True
             ).start()
+            alerts = AlertMonitor(self.cfg, self.store)
+            threading.Thread(target=alerts.run, args=(stop,), name="alerts", daemon=True).start()
         consumer: Any = self.huey.create_consumer(
             workers=self.cfg.queue.workers,
             worker_type="thread",

@@ -5,11 +5,12 @@ echo monitor (``monitor``) and the alerts sent to people (``alerts``). Pure sche
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gateway.segment.spec import Frozen
 
@@ -81,6 +82,29 @@ class AlertsConfig(Frozen):
     resend_minutes: Annotated[float, Field(gt=0)] = 60.0
     check_interval_s: Annotated[float, Field(gt=0)] = 15.0
     conditions: AlertConditions = AlertConditions()
+
+    @field_validator("sinks")
+    @classmethod
+    def _apprise_understands(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            return value
+        import apprise  # only when sinks are configured: it loads every plugin
+
+        # The URL is not repeated in the error, and Apprise's own log line that repeats it is
+        # held back: it may carry a password or a webhook token.
+        quiet = logging.getLogger("apprise")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL + 1)
+        try:
+            unknown = [i for i, u in enumerate(value) if apprise.Apprise.instantiate(u) is None]
+        finally:
+            quiet.setLevel(level)
+        if unknown:
+            raise ValueError(
+                f"sink(s) {unknown} (counting from 0): Apprise does not understand the URL; "
+                "see https://github.com/caronc/apprise/wiki (mailto://, json://, msteams://, ...)"
+            )
+        return value
 
 
 def is_loopback(host: str) -> bool:

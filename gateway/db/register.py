@@ -7,11 +7,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.db.tables import AlertRow, IncidentRow
+from gateway.db.records import DeliveryState, JobState
+from gateway.db.tables import AlertRow, DeliveryRow, IncidentRow, JobRow
 from gateway.db.work import _audit
 
 
@@ -58,6 +59,127 @@ class RegisterQueries:
             row.state, row.acknowledged_by, row.acknowledged_at = "acknowledged", by, now
             _audit(s, "alert", "acknowledged", now, detail=f"alert {alert_id} by {by}")
             return row
+
+    # -- alert lifecycle (gateway.monitor.alerts) -----------------------------------------------
+
+    def open_alert(self, subject: str, now: float, **fields: Any) -> AlertRow | None:
+        """Open an alert for a condition's ``subject`` unless one is open or acknowledged; its
+        key is ``subject#n``, n counting the subject's occurrences, so that every process that
+        sees the same condition opens the same row once (the key is unique). Audited."""
+        prefix = f"{subject}#"
+        try:
+            with self.session() as s:
+                rows = list(
+                    s.scalars(
+                        select(AlertRow).where(AlertRow.key.startswith(prefix, autoescape=True))
+                    )
+                )
+                if any(r.state != "resolved" for r in rows):
+                    return None
+                row = AlertRow(
+                    key=f"{prefix}{len(rows) + 1}",
+                    at=now,
+                    state="open",
+                    acknowledged_by="",
+                    **fields,
+                )
+                s.add(row)
+                s.flush()
+                _audit_alert(s, row, "opened", now)
+                return row
+        except IntegrityError:  # another process opened it a moment ago
+            return None
+
+    def unresolved_alerts(self) -> list[AlertRow]:
+        with self.session() as s:
+            query = select(AlertRow).where(AlertRow.state != "resolved").order_by(AlertRow.id)
+            return list(s.scalars(query))
+
+    def resolve_alert(self, alert_id: int, now: float) -> bool:
+        """Its condition ended; True when this call resolved it (audited)."""
+        with self.session() as s:
+            done = s.execute(
+                update(AlertRow)
+                .where(AlertRow.id == alert_id, AlertRow.state != "resolved")
+                .values(state="resolved", resolved_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+            if done:
+                row = s.get(AlertRow, alert_id)
+                if row is not None:
+                    _audit_alert(s, row, "resolved", now)
+            return bool(done)
+
+    def alerts_to_notify(self, now: float, resend_s: float) -> list[AlertRow]:
+        """Open alerts never sent or last sent ``resend_s`` ago (acknowledged ones are not
+        re-sent), and resolved ones that were sent but whose end was not."""
+        due = or_(AlertRow.notified_at.is_(None), AlertRow.notified_at <= now - resend_s)
+        with self.session() as s:
+            query = (
+                select(AlertRow)
+                .where(
+                    or_(
+                        (AlertRow.state == "open") & due,
+                        (AlertRow.state == "resolved")
+                        & (AlertRow.notified_count > 0)
+                        & AlertRow.resolved_notified.is_(False),
+                    )
+                )
+                .order_by(AlertRow.id)
+            )
+            return list(s.scalars(query))
+
+    def claim_alert_send(
+        self, alert_id: int, seen: float | None, now: float, message: str | None = None
+    ) -> bool:
+        """Take the next send of an open alert: True for the one process whose view of the
+        last send (``seen``) is still current."""
+        last = AlertRow.notified_at.is_(None) if seen is None else AlertRow.notified_at == seen
+        values: dict[str, Any] = {
+            "notified_at": now,
+            "notified_count": AlertRow.notified_count + 1,
+        }
+        if message is not None:
+            values["message"] = message
+        with self.session() as s:
+            stmt = update(AlertRow).where(AlertRow.id == alert_id, AlertRow.state == "open", last)
+            return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+    def release_alert_send(self, alert_id: int, seen: float | None, now: float) -> None:
+        """No sink took it: undo the claim so that the next check sends it again."""
+        with self.session() as s:
+            s.execute(
+                update(AlertRow)
+                .where(AlertRow.id == alert_id, AlertRow.notified_at == now)
+                .values(notified_at=seen, notified_count=AlertRow.notified_count - 1)
+            )
+
+    def claim_resolved_send(self, alert_id: int, undo: bool = False) -> bool:
+        """Take (or, with ``undo``, give back) the one "resolved" message of an alert."""
+        with self.session() as s:
+            stmt = update(AlertRow).where(
+                AlertRow.id == alert_id,
+                AlertRow.state == "resolved",
+                AlertRow.resolved_notified.is_(undo),
+            )
+            return bool(
+                s.execute(stmt.values(resolved_notified=not undo)).rowcount  # type: ignore[attr-defined]
+            )
+
+    def count_jobs(self, *states: JobState) -> int:
+        with self.session() as s:
+            query = select(func.count(JobRow.id)).where(JobRow.state.in_([x.value for x in states]))
+            return int(s.scalar(query) or 0)
+
+    def parked_deliveries(self) -> list[tuple[DeliveryRow, str]]:
+        """Deliveries parked (state failed), each with its job's Study Instance UID."""
+        with self.session() as s:
+            query = (
+                select(DeliveryRow, JobRow.study_uid)
+                .join(JobRow, JobRow.id == DeliveryRow.job_id)
+                .where(DeliveryRow.state == DeliveryState.FAILED.value)
+                .order_by(DeliveryRow.id)
+            )
+            return [(d, uid) for d, uid in s.execute(query).all()]
 
     # -- incidents ------------------------------------------------------------------------------
 
@@ -132,4 +254,17 @@ def _audit_incident(s: Session, row: IncidentRow, outcome: str, now: float, by: 
         model=f"{row.model} {row.model_version}".strip(),
         detail=f"incident {row.id} ({row.severity or 'no severity'}): {row.title}"
         + (f" - by {who}" if who else ""),
+    )
+
+
+def _audit_alert(s: Session, row: AlertRow, outcome: str, now: float) -> None:
+    _audit(
+        s,
+        "alert",
+        outcome,
+        now,
+        job_id=row.job_id,
+        destination=row.destination,
+        model=f"{row.model} {row.model_version}".strip(),
+        detail=f"alert {row.id} {row.key}: {row.message.splitlines()[0] if row.message else ''}",
     )
