@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
+from gateway.errors import GatewayError
 from gateway.failpoints import CrashPoints
 from gateway.pipeline import Pipeline
 from gateway.queue import HueyDispatcher, make_huey
@@ -57,6 +58,10 @@ class Gateway:
         scp = self._scp() if listen else None
         self._scp_obj = scp
         pipeline.recover(receiving=listen)
+        if listen:
+            from gateway.monitor import selftest
+
+            selftest.recover(self.store)
         if scp is not None:
             scp.start()
         console = self._console() if listen and self.cfg.http.enabled else None
@@ -190,7 +195,12 @@ class GatewayOperations:
         return str(self.gateway.pipeline.resume_destination(destination, by))
 
     def self_test(self, destination: str, by: str) -> int:
-        raise NotImplementedError("self-test")
+        from gateway.monitor import selftest
+
+        scp = self.gateway._scp_obj
+        if scp is None:
+            raise GatewayError("this process does not listen: the self-test needs our SCP")
+        return selftest.start(self.gateway.cfg, self.gateway.store, destination, by, port=scp.port)
 
     def scp_listening(self) -> bool:
         scp = self.gateway._scp_obj

@@ -32,6 +32,7 @@ from gateway.db.records import (
     InstanceRecord,
 )
 from gateway.db.register import RegisterQueries
+from gateway.db.selftests import SelfTestQueries
 from gateway.db.studies import StudyQueries
 from gateway.db.tables import (
     InstanceRow,
@@ -52,6 +53,7 @@ class Store(
     RegisterQueries,
     OperationsQueries,
     ConsoleQueries,
+    SelfTestQueries,
 ):
     """All database access of the gateway."""
 

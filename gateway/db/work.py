@@ -25,7 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.records import DeliveryState, JobState, StructureSetState
-from gateway.db.tables import AuditRow, DeliveryRow, JobRow, StructureSetRow, StudyRow
+from gateway.db.tables import (
+    AuditRow,
+    DeliveryRow,
+    JobRow,
+    SelfTestRow,
+    StructureSetRow,
+    StudyRow,
+)
 from gateway.job import JobOutcome, JobPlan, stage_timings
 
 UNFINISHED_DELIVERY = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
@@ -175,24 +182,31 @@ class WorkQueries:
         now: float,
     ) -> list[int]:
         """The structure set is built: record it, open its deliveries and release the lease,
-        in one transaction; return the delivery ids."""
+        in one transaction; return the delivery ids.
+
+        A self-test's study (a ``self_tests`` row with its UID) goes only to the destination the
+        operator chose instead of the rule's ``destinations``; a dry run to none: the job is
+        done at once ("dry run: not sent")."""
         with self.session() as s:
             job = s.get(JobRow, job_id)
             assert job is not None
-            _apply(
-                job,
-                JobState.DELIVERING,
-                outcome.partial,
-                "rtstruct",
-                now,
-                {
-                    "outcome": outcome.model_dump(mode="json"),
-                    "rtstruct_uid": rtstruct_uid,
-                    "rtstruct_path": rtstruct_path,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                },
-            )
+            fields: dict[str, Any] = {
+                "outcome": outcome.model_dump(mode="json"),
+                "rtstruct_uid": rtstruct_uid,
+                "rtstruct_path": rtstruct_path,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            self_test = self_test_destinations(s, job.study_uid)
+            if self_test is not None:
+                destinations = self_test
+                if not destinations:
+                    reason = "; ".join(r for r in ("dry run: not sent", outcome.partial) if r)
+                    _apply(job, JobState.DONE, reason, "rtstruct", now, fields)
+                    _audit_job(s, job, "done", reason, now)
+                    recheck_by(s, job.study_uid, now)
+                    return []
+            _apply(job, JobState.DELIVERING, outcome.partial, "rtstruct", now, fields)
             return open_deliveries(s, job_id, destinations)
 
     def fail_job(
@@ -285,6 +299,15 @@ def _apply(
         job.stages = {**job.stages, stage: time.time() if now is None else now}
     for k, v in fields.items():
         setattr(job, k, v)
+
+
+def self_test_destinations(s: Session, study_uid: str) -> list[str] | None:
+    """Where a self-test's job delivers: only the destination the operator chose, or nowhere
+    (a dry run); None when the study is not a self-test."""
+    row = s.scalar(select(SelfTestRow).where(SelfTestRow.study_uid == study_uid))
+    if row is None:
+        return None
+    return [row.destination] if row.destination else []
 
 
 def open_deliveries(s: Session, job_id: int, destinations: Sequence[str]) -> list[int]:

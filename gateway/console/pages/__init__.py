@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.console.pages import audit, jobs, overview, users
+from gateway.console.pages import audit, jobs, overview, selftest, users
 
 ROUTES: list[BaseRoute] = [
     *overview.ROUTES,
     *jobs.ROUTES,
     *audit.ROUTES,
     *users.ROUTES,
+    *selftest.ROUTES,
 ]
