@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ from tests.conftest import dcmtk_env, wait_for
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 class StoreSCP:
@@ -44,11 +53,7 @@ class StoreSCP:
         wait_for(self._listening, 30, what="storescp to listen")
 
     def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
+        return _listening(self.port)
 
     def modalities(self) -> list[str]:
         return [str(dcmread(f, stop_before_pixels=True).Modality) for f in self.folder.iterdir()]
@@ -80,7 +85,12 @@ def _operator(gw: Any, http_port: int) -> httpx.Client:
     assert token is not None
     r = client.post(
         "/login",
-        data={"csrf": token.group(1), "username": "olivia", "password": PASSWORD},
+        data={
+            "csrf": token.group(1),
+            "username": "olivia",
+            "password": PASSWORD,
+            "next": "/self-test",
+        },
     )
     assert r.status_code == 200 and "Sign out" in r.text, r.text[-2000:]
     return client
@@ -110,6 +120,8 @@ def _start(make_gateway: Any, destination_port: int, **overrides: Any) -> tuple[
     )
     gw.store().add_user("olivia", "operator", Passwords().hash(PASSWORD), time.time())
     gw.start()
+    # The console starts just after the SCP answers C-ECHO.
+    wait_for(lambda: _listening(http_port), 30, what="the console to listen")
     return gw, http_port
 
 
@@ -132,7 +144,7 @@ def test_dry_run_and_a_chosen_destination_pass(make_gateway, storescp) -> None:
             "archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive.port}
         },
     )
-    with _operator(gw, http_port) as client:
+    with closing(_operator(gw, http_port)) as client:
         assert _run_self_test(client, "") == "Self-test 1 started: to nothing (dry run)."
         assert _run_self_test(client, "archive") == "Self-test 2 started: to archive."
         dry, real = _ended(gw, 2, 600)
@@ -168,7 +180,7 @@ def test_dry_run_and_a_chosen_destination_pass(make_gateway, storescp) -> None:
 def test_not_a_peer_fails_with_the_reason(make_gateway, storescp) -> None:
     planning = storescp("planning")
     gw, http_port = _start(make_gateway, planning.port, peers=[{"ae_title": "STORESCU"}])
-    with _operator(gw, http_port) as client:
+    with closing(_operator(gw, http_port)) as client:
         _run_self_test(client, "planning")
         (row,) = _ended(gw, 1, 60)
         page = client.get("/self-test").text
