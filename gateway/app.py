@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
+from gateway.errors import GatewayError
 from gateway.failpoints import CrashPoints
 from gateway.monitor.alerts import AlertMonitor
 from gateway.monitor.echo import EchoMonitor
@@ -68,6 +69,10 @@ class Gateway:
         scp = self._scp() if listen else None
         self._scp_obj = scp
         pipeline.recover(receiving=listen)
+        if listen:
+            from gateway.monitor import selftest
+
+            selftest.recover(self.store)
         if scp is not None:
             scp.start()
             self.store.set_component("scp", "listening", time.time(), owner=self.owner)
@@ -222,7 +227,12 @@ class GatewayOperations:
         return str(self.gateway.pipeline.resume_destination(destination, by))
 
     def self_test(self, destination: str, by: str) -> int:
-        raise NotImplementedError("self-test")
+        from gateway.monitor import selftest
+
+        scp = self.gateway._scp_obj
+        if scp is None:
+            raise GatewayError("this process does not listen: the self-test needs our SCP")
+        return selftest.start(self.gateway.cfg, self.gateway.store, destination, by, port=scp.port)
 
     def scp_listening(self) -> bool:
         scp = self.gateway._scp_obj

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db import migrate
 from gateway.db.audit import AuditQueries
+from gateway.db.cancel import CancelQueries
 from gateway.db.console import AuditSearchQueries, ConsoleQueries
 from gateway.db.deliveries import DeliveryQueries
 from gateway.db.operations import OperationsQueries
@@ -32,6 +33,7 @@ from gateway.db.records import (
     InstanceRecord,
 )
 from gateway.db.register import RegisterQueries
+from gateway.db.selftests import SelfTestQueries
 from gateway.db.studies import StudyQueries
 from gateway.db.tables import (
     InstanceRow,
@@ -46,6 +48,7 @@ from gateway.errors import UidConflict
 class Store(
     StudyQueries,
     WorkQueries,
+    CancelQueries,
     DeliveryQueries,
     AuditQueries,
     QaQueries,
@@ -53,6 +56,7 @@ class Store(
     OperationsQueries,
     ConsoleQueries,
     AuditSearchQueries,
+    SelfTestQueries,
 ):
     """All database access of the gateway."""
 

@@ -25,8 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.records import TERMINAL, DeliveryState, JobState, StructureSetState
-from gateway.db.tables import AuditRow, DeliveryRow, JobRow, StructureSetRow, StudyRow
-from gateway.errors import PermanentError
+from gateway.db.tables import (
+    AuditRow,
+    DeliveryRow,
+    JobRow,
+    SelfTestRow,
+    StructureSetRow,
+    StudyRow,
+)
 from gateway.job import JobOutcome, JobPlan, stage_timings
 
 UNFINISHED_DELIVERY = (DeliveryState.PENDING.value, DeliveryState.SENDING.value)
@@ -179,11 +185,15 @@ class WorkQueries:
         """The structure set is built: record it (and its preview), open its deliveries and
         release the lease, in one transaction; return the delivery ids. A job cancelled while
         it ran keeps its state: the structure set is recorded (a resend may deliver it),
-        nothing is opened, and None is returned."""
+        nothing is opened, and None is returned.
+
+        A self-test's study (a ``self_tests`` row with its UID) goes only to the destination the
+        operator chose instead of the rule's ``destinations``; a dry run to none: the job is
+        done at once ("dry run: not sent")."""
         with self.session() as s:
             job = s.get(JobRow, job_id)
             assert job is not None
-            fields = {
+            fields: dict[str, Any] = {
                 "outcome": outcome.model_dump(mode="json"),
                 "rtstruct_uid": rtstruct_uid,
                 "rtstruct_path": rtstruct_path,
@@ -194,29 +204,17 @@ class WorkQueries:
             if job.state == JobState.CANCELLED.value:
                 _apply(job, None, None, "rtstruct", now, fields)
                 return None
+            self_test = self_test_destinations(s, job.study_uid)
+            if self_test is not None:
+                destinations = self_test
+                if not destinations:
+                    reason = "; ".join(r for r in ("dry run: not sent", outcome.partial) if r)
+                    _apply(job, JobState.DONE, reason, "rtstruct", now, fields)
+                    _audit_job(s, job, "done", reason, now)
+                    recheck_by(s, job.study_uid, now)
+                    return []
             _apply(job, JobState.DELIVERING, outcome.partial, "rtstruct", now, fields)
             return open_deliveries(s, job_id, destinations)
-
-    def cancel_job(self, job_id: int, by: str, now: float) -> str:
-        """Cancel a job that is not done (audited with ``by``): its undelivered deliveries are
-        cancelled with it; a job running now is left to its worker, which stops at its next
-        stage and delivers nothing. Returns the state it was in. Raises KeyError for an unknown
-        job, PermanentError for one done (everything delivered) or already cancelled."""
-        for _ in range(5):  # the job may move on between the read and the conditional write
-            with self.session() as s:
-                was = _cancel(s, job_id, by, now)
-            if was is not None:
-                return was
-        raise PermanentError(f"job {job_id} kept changing state; try again")
-
-    def release_job(self, job_id: int) -> None:
-        """The worker stopped a cancelled job: its lease is over."""
-        with self.session() as s:
-            s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == JobState.CANCELLED.value)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
 
     def fail_job(
         self, job_id: int, reason: str, now: float, outcome: JobOutcome | None = None
@@ -260,40 +258,6 @@ class WorkQueries:
                 s, DeliveryRow, DeliveryState.SENDING, DeliveryState.PENDING, now, is_dead
             )
         return jobs, deliveries
-
-
-def _cancel(s: Session, job_id: int, by: str, now: float) -> str | None:
-    """One try of :meth:`WorkQueries.cancel_job`: the state it was in, None if it changed."""
-    job = s.get(JobRow, job_id)
-    if job is None:
-        raise KeyError(job_id)
-    was = job.state
-    if was == JobState.DONE.value:
-        raise PermanentError(f"job {job_id} is done and delivered everywhere: nothing to cancel")
-    if was == JobState.CANCELLED.value:
-        raise PermanentError(f"job {job_id} is already cancelled")
-    # A running job keeps its worker's lease until the worker has stopped (it is no longer
-    # renewed): a resend waits for that.
-    res = s.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.state == was)
-        .values(
-            state=JobState.CANCELLED.value,
-            reason=f"cancelled by {by}",
-            stages={**job.stages, "cancelled": now},
-        )
-    )
-    if not res.rowcount:  # type: ignore[attr-defined]
-        return None
-    # A delivery being sent now may still arrive; its end is recorded truthfully but neither
-    # retried nor parked (gateway.db.deliveries).
-    s.execute(
-        update(DeliveryRow)
-        .where(DeliveryRow.job_id == job_id, DeliveryRow.state != DeliveryState.DELIVERED.value)
-        .values(state=DeliveryState.CANCELLED.value, lease_owner=None, lease_expires_at=None)
-    )
-    _audit_job(s, job, "cancelled", f"by {by} (was {was})", now)
-    return was
 
 
 def _reclaim(
@@ -345,6 +309,15 @@ def _apply(
         job.stages = {**job.stages, stage: time.time() if now is None else now}
     for k, v in fields.items():
         setattr(job, k, v)
+
+
+def self_test_destinations(s: Session, study_uid: str) -> list[str] | None:
+    """Where a self-test's job delivers: only the destination the operator chose, or nowhere
+    (a dry run); None when the study is not a self-test."""
+    row = s.scalar(select(SelfTestRow).where(SelfTestRow.study_uid == study_uid))
+    if row is None:
+        return None
+    return [row.destination] if row.destination else []
 
 
 def open_deliveries(s: Session, job_id: int, destinations: Sequence[str]) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.console.pages import audit, destinations, jobs, overview, probes, users
+from gateway.console.pages import audit, destinations, jobs, overview, probes, selftest, users
 
 ROUTES: list[BaseRoute] = [
     *overview.ROUTES,
@@ -12,5 +12,6 @@ ROUTES: list[BaseRoute] = [
     *destinations.ROUTES,
     *audit.ROUTES,
     *users.ROUTES,
+    *selftest.ROUTES,
     *probes.ROUTES,
 ]
