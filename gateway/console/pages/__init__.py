@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.console.pages import audit, jobs, overview, users
+from gateway.console.pages import audit, jobs, models, overview, peers, qa, users
 
 ROUTES: list[BaseRoute] = [
     *overview.ROUTES,
     *jobs.ROUTES,
+    *peers.ROUTES,
+    *models.ROUTES,
+    *qa.ROUTES,
     *audit.ROUTES,
     *users.ROUTES,
 ]
