@@ -160,36 +160,9 @@ def cmd_qa_alerts(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 def cmd_qa_report(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.cli import parse_when
-    from gateway.contour.rtstruct import gateway_version
-    from gateway.qa import drift, report
-    from gateway.qa.alarms import baseline_for
+    from gateway.qa import service
 
-    since, until = parse_when(args.since), time.time()
-    store = _store(cfg)
-    everything = store.qa_records()
-
-    def baseline(key: drift.RoiKey) -> Any:
-        return baseline_for(cfg, key.model, key.model_version, key.roi)
-
-    events = [
-        (a.at, f"{a.kind} alarm ({a.state})", a.message)
-        for a in store.alerts()
-        if since <= a.at < until
-    ] + [
-        (i.opened_at, f"incident {i.id} ({i.state})", i.title)
-        for i in store.incidents()
-        if since <= i.opened_at < until
-    ]
-    files = report.monitoring_report(
-        [r for r in everything if r.at >= since],
-        since,
-        until,
-        Path(args.out),
-        acceptance={name: spec.qa for name, spec in cfg.models.items()},
-        software_version=gateway_version(),
-        drift=drift.evaluate_all([r for r in everything if r.at < until], cfg.qa, baseline),
-        events=events,
-    )
+    files = service.monitoring_report(cfg, _store(cfg), parse_when(args.since), Path(args.out))
     for p in (files.html, files.csv, files.summary_csv):
         print(p)
     return 0
@@ -227,26 +200,24 @@ def cmd_incident(cfg: GatewayConfig, args: argparse.Namespace) -> int:
                 )
         return 0
     if action == "open":
-        job = store.job(args.job) if args.job is not None else None
-        if args.job is not None and job is None:
-            raise GatewayError(f"no job {args.job}")
-        model, version = args.model or "", ""
-        if job is not None and not model:
-            ran = job.job_outcome.ran
-            model = ", ".join(p.model_name for p in ran)
-            version = ", ".join(p.model_version for p in ran)
-        new = store.add_incident(
-            now,
-            severity=args.severity,
-            title=args.title or args.description[:80],
-            description=args.description,
-            job_id=args.job,
-            study_uid=job.study_uid if job is not None else (args.study or ""),
-            model=model,
-            model_version=args.model_version or version,
-            roi=args.roi or "",
-            opened_by=args.by,
-        )
+        from gateway.qa.service import open_incident
+
+        try:
+            new = open_incident(
+                store,
+                now,
+                args.by,
+                severity=args.severity,
+                title=args.title or "",
+                description=args.description,
+                job_id=args.job,
+                study_uid=args.study or "",
+                model=args.model or "",
+                model_version=args.model_version or "",
+                roi=args.roi or "",
+            )
+        except KeyError:
+            raise GatewayError(f"no job {args.job}") from None
         print(f"incident {new} opened")
         return 0
     try:
@@ -258,13 +229,18 @@ def cmd_incident(cfg: GatewayConfig, args: argparse.Namespace) -> int:
                 shown = _when(v) if k.endswith("_at") else v
                 print(f"{k:>14}: {'' if shown is None else shown}")
             return 0
-        to = {"accept": "open", "dismiss": "dismissed", "close": "closed"}[action]
-        fields = {"actions": getattr(args, "actions", "") or ""}
-        if action == "accept" and args.severity:
-            fields["severity"] = args.severity
-        if action == "dismiss":
-            fields["actions"] = f"dismissed: {args.reason}"
-        store.update_incident(args.id, now, args.by, to, **fields)
+        from gateway.qa.service import move_incident
+
+        to = move_incident(
+            store,
+            args.id,
+            now,
+            args.by,
+            action,
+            severity=getattr(args, "severity", "") or "",
+            reason=getattr(args, "reason", "") or "",
+            actions=getattr(args, "actions", "") or "",
+        )
     except KeyError:
         raise GatewayError(f"no incident {args.id}") from None
     except ValueError as exc:
@@ -285,7 +261,7 @@ def cmd_validate(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 # -- parsers --------------------------------------------------------------------------------------
 
-SEVERITIES = ("low", "medium", "high")
+SEVERITIES = ("low", "medium", "high")  # as gateway.qa.service.SEVERITIES
 
 
 def add_parsers(sub: Any) -> dict[str, Callable[[GatewayConfig, argparse.Namespace], int]]:

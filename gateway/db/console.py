@@ -23,6 +23,9 @@ from gateway.db.tables import (
     StudyRow,
 )
 
+# The audit outcome of an association the SCP refused (gateway.dicom.scp -> audit_association).
+REJECTED = "rejected"
+
 
 @dataclass(frozen=True)
 class JobFilter:
@@ -34,7 +37,63 @@ class JobFilter:
     study_uids: Sequence[str] | None = None  # None: any; (): none (a search found nothing)
 
 
-class ConsoleQueries:
+class PeerModelQueries:
+    """The Peers and Models pages' queries (a mixin of :class:`ConsoleQueries`)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
+    def peer_activity(self, rejected_limit: int = 50) -> tuple[dict[str, float], list[AuditRow]]:
+        """Last accepted association per calling AE title (what it sent: images, structure
+        sets, or nothing), and the latest rejected ones: the SCP audits an association it
+        rejects (not allowed, wrong port, failed TLS handshake) as outcome ``rejected``."""
+        with self.session() as s:
+            last = dict(
+                s.execute(
+                    select(AuditRow.calling_ae, func.max(AuditRow.at))
+                    .where(
+                        AuditRow.event.in_(("association", "received", "qa")),
+                        AuditRow.outcome != REJECTED,
+                        AuditRow.calling_ae != "",
+                    )
+                    .group_by(AuditRow.calling_ae)
+                ).all()
+            )
+            rejected = list(
+                s.scalars(
+                    select(AuditRow)
+                    .where(AuditRow.event == "association", AuditRow.outcome == REJECTED)
+                    .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+                    .limit(rejected_limit)
+                )
+            )
+        return {str(k): float(v) for k, v in last.items()}, rejected
+
+    def model_usage(self, names: Sequence[str], recent: int = 200) -> dict[str, dict[str, Any]]:
+        """Per model: studies contoured (distinct studies of done jobs the model ran in), jobs
+        where it failed, and its run times (``segment_s``) in its last ``recent`` such jobs.
+        Read from the outcome JSON in SQL: no job's outcome is loaded whole."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.session() as s:
+            for name in names:
+                state = JobRow.outcome[("models", name, "state")].as_string()
+                ran = (JobRow.state == "done", state == "done")
+                studies = s.scalar(select(func.count(func.distinct(JobRow.study_uid))).where(*ran))
+                failed = s.scalar(select(func.count(JobRow.id)).where(state == "failed"))
+                times = s.scalars(
+                    select(JobRow.outcome[("models", name, "segment_s")].as_float())
+                    .where(*ran)
+                    .order_by(JobRow.id.desc())
+                    .limit(recent)
+                )
+                out[name] = {
+                    "studies": int(studies or 0),
+                    "failed": int(failed or 0),
+                    "segment_s": [float(t) for t in times if t is not None],
+                }
+        return out
+
+
+class ConsoleQueries(PeerModelQueries):
     """Read queries of the console on :class:`gateway.db.database.Store` (a mixin)."""
 
     session: Callable[..., AbstractContextManager[Session]]
@@ -251,40 +310,3 @@ class AuditSearchQueries:
         with self.session() as s:
             q = select(AuditRow).where(AuditRow.job_id == job_id).order_by(AuditRow.at, AuditRow.id)
             return list(s.scalars(q))
-
-    def peer_activity(self, rejected_limit: int = 50) -> tuple[dict[str, float], list[AuditRow]]:
-        """Last association per calling AE title, and the latest rejected associations."""
-        with self.session() as s:
-            last = dict(
-                s.execute(
-                    select(AuditRow.calling_ae, func.max(AuditRow.at))
-                    .where(AuditRow.event.in_(("association", "received")))
-                    .group_by(AuditRow.calling_ae)
-                ).all()
-            )
-            rejected = list(
-                s.scalars(
-                    select(AuditRow)
-                    .where(AuditRow.event == "association", AuditRow.outcome.like("reject%"))
-                    .order_by(AuditRow.at.desc())
-                    .limit(rejected_limit)
-                )
-            )
-        return {str(k): float(v) for k, v in last.items()}, rejected
-
-    def model_usage(self, recent: int = 200) -> dict[str, dict[str, Any]]:
-        """Per model: studies contoured (jobs done with it) and its run times in the last
-        ``recent`` such jobs (seconds: segment, wait)."""
-        out: dict[str, dict[str, Any]] = {}
-        with self.session() as s:
-            q = select(JobRow.outcome).where(JobRow.state == "done").order_by(JobRow.id.desc())
-            for n, outcome in enumerate(s.scalars(q)):
-                for name, m in ((outcome or {}).get("models") or {}).items():
-                    entry = out.setdefault(name, {"done": 0, "failed": 0, "segment_s": []})
-                    if m.get("state") == "done":
-                        entry["done"] += 1
-                        if n < recent:
-                            entry["segment_s"].append(float(m.get("segment_s") or 0.0))
-                    elif m.get("state") == "failed":
-                        entry["failed"] += 1
-        return out

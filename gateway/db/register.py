@@ -235,6 +235,21 @@ class RegisterQueries:
             _audit_incident(s, row, {"open": "accepted"}.get(to, to), now, by)
             return row
 
+    def edit_incident(self, incident_id: int, now: float, by: str, **fields: str) -> IncidentRow:
+        """Change the text of an incident (severity, title, description, actions) without
+        moving it; audited as ``edited``. Raises KeyError for an unknown id."""
+        editable = {"severity", "title", "description", "actions"}
+        if not set(fields) <= editable:
+            raise ValueError(f"only {', '.join(sorted(editable))} can be edited")
+        with self.session() as s:
+            row = s.get(IncidentRow, incident_id)
+            if row is None:
+                raise KeyError(incident_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            _audit_incident(s, row, "edited", now, by)
+            return row
+
 
 def _incident_defaults(fields: dict[str, Any]) -> dict[str, Any]:
     text = ("severity", "title", "description", "actions", "study_uid", "model", "roi")
