@@ -209,7 +209,7 @@ class Gateway:
             except OSError:
                 time.sleep(0.1)
                 continue
-            if echo(dest, self.calling_ae, timeout=5).ok:
+            if echo(dest, self.calling_ae, timeout=5).ok and self._console_up():
                 return
             time.sleep(0.2)
         self.stop()
@@ -217,6 +217,16 @@ class Gateway:
             f"the gateway did not answer C-ECHO within {timeout:.0f} s; see {self.log_path}",
             None,
         )
+
+    def _console_up(self) -> bool:
+        """The console listens (it starts just after the SCP); true when it is switched off."""
+        if not self.http_port or not self.cfg.http.enabled:
+            return True
+        try:
+            socket.create_connection((LOOPBACK, self.http_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (the queue stops without waiting for running jobs: the database keeps their

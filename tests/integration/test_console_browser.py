@@ -126,6 +126,15 @@ def _open(driver: Any, url: str) -> str:
     return _text(driver)
 
 
+def _jobs(driver: Any, url: str) -> dict[int, str]:
+    """Job id -> state as the jobs page shows them."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/jobs")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job]")
+    return {int(r.get_attribute("data-job")): r.get_attribute("data-state") for r in rows}
+
+
 def _add_user(gw: Any, name: str, role: str) -> None:
     out = subprocess.run(
         [
@@ -171,7 +180,7 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             alerts={
                 "sinks": [
                     f"mailto://127.0.0.1:{mail.port}?from=aircon@example.org"
-                    f"&to=physics@example.org&mode=insecure",
+                    f"&to=physics@example.org",
                     f"json://127.0.0.1:{hook.port}/hook",
                 ],
                 "check_interval_s": 1,
@@ -195,14 +204,14 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
 
             # 1. A study sent with storescu appears; its job goes to done.
             assert gw.storescu(_study(tmp_path / "s1", 811)).returncode == 0
-            wait_for(
-                lambda: "done" in _open(d, url + "/jobs"),
+            done = wait_for(
+                lambda: [j for j, state in _jobs(d, url).items() if state == "done"],
                 300,
                 interval=2,
                 what="the job done on the jobs page",
             )
             _shot(d, "jobs")
-            job_id = int(d.find_element(By.CSS_SELECTOR, "#jobs tr[data-job] a").text)
+            job_id = done[0]
             d.get(f"{url}/jobs/{job_id}")
             img = d.find_element(By.ID, "preview")
             wait_for(
@@ -264,16 +273,13 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             node.mode = "fail"
             before = len(node.receipts)
             assert gw.storescu(_study(tmp_path / "s2", 812)).returncode == 0
-            wait_for(
-                lambda: "failed" in _open(d, url + "/jobs").split("\n", 12)[-1],
+            failed = wait_for(
+                lambda: [j for j, state in _jobs(d, url).items() if state == "failed"],
                 300,
                 interval=2,
                 what="the second job failed (delivery parked)",
             )
-            second = max(
-                int(a.text)
-                for a in d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job] td:first-child a")
-            )
+            second = failed[0]
             d.get(f"{url}/jobs/{second}")
             assert "failed" in d.find_element(By.ID, "deliveries").text
             node.mode = "ok"
