@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -147,8 +148,22 @@ class DeliveryQueries:
             return ids
 
     def retry_delivery(self, delivery_id: int, attempts: int, status: str, at: float) -> None:
-        """SENDING -> PENDING, due again at ``at`` (not if its job was cancelled meanwhile)."""
+        """SENDING -> PENDING, due again at ``at`` (not if its job was cancelled meanwhile).
+        The failed attempt is audited (outcome ``retry``): the job page lists every attempt."""
         with self.session() as s:
+            row = s.get(DeliveryRow, delivery_id)
+            if row is not None and row.state == DeliveryState.SENDING.value:
+                job = s.get(JobRow, row.job_id)
+                _audit(
+                    s,
+                    "delivery",
+                    "retry",
+                    time.time(),
+                    job_id=row.job_id,
+                    study_uid=job.study_uid if job else "",
+                    destination=row.destination,
+                    detail=f"attempt {attempts} failed: {status}"[:500],
+                )
             s.execute(
                 update(DeliveryRow)
                 .where(

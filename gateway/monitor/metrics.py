@@ -113,8 +113,9 @@ def _counters(totals: Counter[tuple[str, ...]]) -> Iterator[Metric]:
     )
     deliveries = CounterMetricFamily(
         "aircon_deliveries",
-        "Deliveries of a structure set that ended, by destination and outcome (delivered; "
-        "parked: attempts exhausted; rejected: refused permanently), counted from the audit",
+        "Delivery attempts by destination and outcome (delivered; retry: an attempt failed "
+        "and is tried again later; parked: attempts exhausted; rejected: refused "
+        "permanently), counted from the audit",
         labels=["destination", "outcome"],
     )
     family = {
