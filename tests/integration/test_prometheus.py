@@ -1,28 +1,24 @@
-"""A real Prometheus (Debian's ``prometheus``) scrapes ``/metrics`` and answers for the job
-just run; the shipped scrape config and alert rules pass Debian's ``promtool``."""
+"""A real Prometheus (Debian's ``prometheus``) scrapes a real gateway's ``/metrics`` (behind
+its bearer token) and answers for the job just run; the shipped scrape config and alert rules
+pass Debian's ``promtool``."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from gateway.db.database import Store
-from gateway.db.records import DeliveryState
 from gateway.demo.launcher import free_port
-from gateway.monitor.metrics import MetricsExporter
+from gateway.demo.node import ReceivingNode
+from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import REPO, wait_for
-from tests.pipeline_rows import run_job
-from tests.unit.test_metrics import Live, make_config
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -52,42 +48,35 @@ def test_shipped_prometheus_files_pass_promtool(command: list[str], path: str) -
         assert "SUCCESS: 11 rules found" in out.stdout
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        pass
+TOKEN = "scrape-token-for-the-test"
 
 
 @pytest.fixture
-def metrics_server(tmp_path: Path) -> Iterator[tuple[int, Store]]:
-    """``/metrics`` of a MetricsExporter, served on a loopback port until the console is."""
-    store = Store(f"sqlite:///{tmp_path / 'aircon.db'}")
-    exporter = MetricsExporter(make_config(tmp_path), store, Live())
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["PATH_INFO"] != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found"]
-        body, content_type = exporter.render()
-        start_response("200 OK", [("Content-Type", content_type)])
-        return [body]
-
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def gateway(make_gateway: Any, tmp_path: Path) -> Iterator[tuple[Any, ReceivingNode]]:
+    """A real ``aircon serve`` with its console, /metrics behind a bearer token, delivering to
+    a local node."""
+    node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC")
+    node.start()
+    gw = make_gateway(node.port, http={"metrics_token": TOKEN})
+    gw.start()
     try:
-        yield server.server_port, store
+        yield gw, node
     finally:
-        server.shutdown()
-        server.server_close()
+        gw.stop()
+        node.stop()
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path, metrics_server: tuple[int, Store]) -> Iterator[int]:
+def prometheus(tmp_path: Path, gateway: tuple[Any, ReceivingNode]) -> Iterator[int]:
     _need(PROMETHEUS)
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    target = f"127.0.0.1:{metrics_server[0]}"
-    scrape = {"job_name": "aircon", "static_configs": [{"targets": [target]}]}
+    target = f"127.0.0.1:{gateway[0].http_port}"
+    scrape = {
+        "job_name": "aircon",
+        "authorization": {"type": "Bearer", "credentials": TOKEN},
+        "static_configs": [{"targets": [target]}],
+    }
     config.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [scrape]}))
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -129,15 +118,17 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
 
 
 def test_prometheus_scrapes_the_job_just_run(
-    prometheus: int, metrics_server: tuple[int, Store]
+    prometheus: int, gateway: tuple[Any, ReceivingNode], tmp_path: Path
 ) -> None:
-    _, store = metrics_server
+    gw, node = gateway
     wait_for(lambda: query(prometheus, 'up{job="aircon"} == 1'), 30, what="a first scrape")
     assert query(prometheus, "aircon_jobs_total") == []  # no job has ended yet
+    assert query(prometheus, "aircon_scp_listening == 1")
 
-    study = "1.2.826.0.1.3680043.8.498.11"
-    deliveries = {"planning": DeliveryState.DELIVERED}
-    run_job(store, study, "pelvis-mr", ("pelvis",), deliveries, t0=1_800_000_000.0)
+    folder = tmp_path / "study"
+    write_dicom_series(make_phantom(905), folder, seed=905)
+    assert gw.storescu(folder).returncode == 0
+    gw.wait_jobs(1)
 
     def jobs_done() -> list[dict[str, Any]]:
         return query(prometheus, 'aircon_jobs_total{rule="pelvis-mr",outcome="done"}')
@@ -147,9 +138,11 @@ def test_prometheus_scrapes_the_job_just_run(
     assert float(series["value"][1]) == 1
     delivered = query(prometheus, 'aircon_deliveries_total{destination="planning"}')
     assert [float(s["value"][1]) for s in delivered] == [1]
-    quantile = query(
+    assert node.receipts
+    count = query(
         prometheus,
-        'histogram_quantile(0.5, aircon_stage_duration_seconds_bucket{stage="segment",'
-        'model="pelvis"})',
+        'aircon_stage_duration_seconds_count{stage="segment",model="pelvis-demo"}',
     )
-    assert 5 <= float(quantile[0]["value"][1]) <= 10  # the job's model ran 6 s: bucket 5-10 s
+    assert [float(s["value"][1]) for s in count] == [1]
+    received = query(prometheus, 'aircon_instances_received_total{status="stored"}')
+    assert [float(s["value"][1]) for s in received] == [24]
