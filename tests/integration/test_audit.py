@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pydicom import dcmread
 from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import wait_for
+from tests.console_client import csrf_of, html_pages, signed_in
+from tests.sinks import Webhook
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +38,12 @@ def _dump(db: Path) -> str:
 def test_audit_trail_without_patient_data_and_retention(make_gateway, tmp_path: Path) -> None:
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC")
     node.start()
+    hook = Webhook().__enter__()
     try:
         gw = make_gateway(
             node.port,
+            # Alerts (the kept study's delivery is parked, its job fails) go to a webhook.
+            alerts={"sinks": [f"json://127.0.0.1:{hook.port}/hook"], "check_interval_s": 1},
             paths={"log": str(tmp_path / "logs" / "aircon.log")},
             delivery={"max_attempts": 1, "backoff_base_s": 0.5, "backoff_max_s": 1},
             # Retention 10 s (as days), checked every second: delivered studies go quickly.
@@ -111,8 +117,29 @@ def test_audit_trail_without_patient_data_and_retention(make_gateway, tmp_path: 
         assert "0xC000" in next(
             r["detail"] for r in rows if r["event"] == "delivery" and r["study_uid"] == kept_uid
         )
+        # The console: every page, as an admin sees them, and the exact-match patient search.
+        console = signed_in(gw, "olga", "admin")
+        job_ids = [j["job"] for j in gw.jobs()]
+        pages = html_pages(console, job_ids)
+        assert len(pages) >= 12 and kept_uid in pages["/studies"]
+        token = csrf_of(pages["/studies"])
+        found = console.post(
+            "/studies/search",
+            data={"csrf": token, "patient_id": PATIENT_ID},
+            follow_redirects=True,
+        ).text
+        assert kept_uid in found and "Studies of the patient searched for" in found
+        nobody = console.post(
+            "/studies/search",
+            data={"csrf": token, "patient_id": "someone else"},
+            follow_redirects=True,
+        ).text
+        assert kept_uid not in nobody
+        wait_for(lambda: hook.posts, 30, what="the alert posted")
+        assert any(kept_uid in json.dumps(p) for p in hook.posts)  # UIDs and reasons
     finally:
         node.stop()
+        hook.__exit__()
     gw.stop()
 
     # No patient name, ID or birth date in any log file or in any table of either database.
@@ -122,6 +149,8 @@ def test_audit_trail_without_patient_data_and_retention(make_gateway, tmp_path: 
         "database": _dump(Path(gw.cfg.database.url.removeprefix("sqlite:///"))),
         "queue": _dump(gw.cfg.queue.path),
         "audit CSV": out.stdout,
+        **{f"console page {url}": html for url, html in pages.items()},
+        **{f"alert {i}": json.dumps(p) for i, p in enumerate(hook.posts)},
     }
     assert "pelvis-demo" in texts["log file"]  # the log file is really written
     for where, text in texts.items():

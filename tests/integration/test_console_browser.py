@@ -12,19 +12,17 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import wait_for
+from tests.sinks import Mailbox, Webhook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,59 +32,6 @@ PASSWORD = "operator password 1"
 ECHO_S = 2.0
 # Patient data written into the study: must appear on no page and in no alert.
 NAME, PATIENT_ID = "Brightwater^Olwen Testcase", "PID-CONSOLE-93X1"
-
-
-class Mailbox:
-    """aiosmtpd on loopback: every message received."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.messages: list[str] = []
-        box = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                box.messages.append(envelope.content.decode("utf-8", "replace"))
-                return "250 OK"
-
-        self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-
-    def __enter__(self) -> Mailbox:
-        self.controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
-
-
-class Webhook:
-    """A JSON webhook receiver on loopback: every body posted."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                hook.posts.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-
-    def __enter__(self) -> Webhook:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
