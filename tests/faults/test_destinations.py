@@ -72,8 +72,11 @@ def test_destination_down_refusing_hanging_and_failing(make_gateway, tmp_path: P
     assert all(d["state"] == "pending" for d in tried)
     assert all("association failed" in d["last_status"] for d in tried)
 
-    audit = gw.store().audit_rows()
-    assert not [r for r in audit if r["event"] == "delivery"]  # nothing delivered yet
+    audit = [r for r in gw.store().audit_rows() if r["event"] == "delivery"]
+    # Nothing delivered or parked yet; every failed attempt is in the audit, with its reason.
+    assert audit and all(r["outcome"] == "retry" for r in audit)
+    assert all("association failed" in r["detail"] for r in audit)
+    assert {r["study_uid"] for r in audit} <= set(uids)
 
     # Back up: everything arrives, in order of arrival.
     node = ReceivingNode(tmp_path / "planning", ae_title="ORTHANC", port=port)

@@ -135,6 +135,7 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             http={"refresh_s": 0},
         )
         _add_user(gw, "olga", "operator")
+        _add_user(gw, "ada", "admin")
         gw.start()
         try:
             url = gw.console_url
@@ -239,6 +240,18 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             _shot(d, "job-resent")
             audit = gw.store().audit_page(text="olga", limit=None)[0]
             assert {"ok", "job resent"} <= {a.outcome for a in audit}
+
+            # 4. The admin's page (accounts), for the screenshots of every page.
+            d.find_element(By.ID, "logout").click()
+            wait_for(lambda: "/login" in d.current_url, 10, what="signed out")
+            d.get(url + "/login?next=%2Fusers")
+            d.find_element(By.ID, "username").send_keys("ada")
+            d.find_element(By.ID, "password").send_keys(PASSWORD)
+            d.find_element(By.ID, "signin").click()
+            wait_for(lambda: d.current_url.endswith("/users"), 10, what="the users page")
+            users = d.find_element(By.ID, "users").text
+            assert "olga" in users and "operator" in users and "ada" in users
+            _shot(d, "users")
         finally:
             node.stop()
             gw.stop()
