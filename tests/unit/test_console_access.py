@@ -237,3 +237,28 @@ def test_the_console_beyond_loopback_needs_tls(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="HTTPS"):
         _config(tmp_path, host="0.0.0.0")
+
+
+def test_text_from_the_network_is_escaped_on_the_pages(console: Any) -> None:
+    """Series descriptions, reasons and AE titles come from senders: shown as text, never as
+    markup (templates are autoescaped whatever their file extension)."""
+    from gateway.db.records import InstanceRecord
+
+    app, store, _ = console
+    hostile = '<script>alert("x")</script>'
+    rec = InstanceRecord(
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        sop_instance_uid="1.2.3.4.5",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        path="/nonexistent",
+        series_attributes={"SeriesDescription": hostile},
+        geometry={},
+    )
+    store.record_instance(rec, "EVIL<b>", "AIRCON")
+    store.set_study_reason("1.2.3", hostile)
+    client = TestClient(app)
+    login(client, "viewer")
+    page = client.get("/studies").text
+    assert hostile not in page and "&lt;script&gt;" in page
+    assert "EVIL<b>" not in page
