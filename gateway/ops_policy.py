@@ -23,9 +23,10 @@ class HttpTls(Frozen):
 
 
 class AuthConfig(Frozen):
-    """Console accounts (``aircon user add``). A session lasts ``session_hours`` after the
-    last request; after ``max_failures`` wrong passwords in a row an account is locked for
-    ``lockout_minutes`` (every failure and lock is audited)."""
+    """Console accounts (``aircon user add``). A session lasts ``session_hours`` after
+    sign-in (and ends earlier on sign-out, a password or role change, or disabling). After
+    ``max_failures`` wrong passwords in a row an account is locked for ``lockout_minutes``
+    (every failure and lock is audited)."""
 
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
     max_failures: Annotated[int, Field(ge=1, le=1000)] = 10

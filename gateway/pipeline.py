@@ -189,6 +189,8 @@ class Pipeline:
         job = self.store.job(job_id)
         if job is None:
             raise KeyError(job_id)
+        if job.state in (JobState.WAITING.value, JobState.QUEUED.value, JobState.RUNNING.value):
+            raise PermanentError(f"job {job_id} is {job.state}: nothing to resend until it ends")
         cancelled = job.state == JobState.CANCELLED.value
         if cancelled and job.lease_owner and (job.lease_expires_at or 0.0) > self.clock():
             raise PermanentError(
@@ -201,7 +203,7 @@ class Pipeline:
                 if rule is None:
                     raise PermanentError(f"job {job_id}: rule {job.rule} is no longer configured")
                 self.store.create_deliveries(job_id, rule.destinations)
-            ids = self.delivery.requeue(job_id)
+            ids = self.delivery.requeue(job_id, self.clock())
             self.store.update_job(job_id, state=JobState.DELIVERING, reason="resend requested")
             for i in ids:
                 self.dispatch.deliver(i)

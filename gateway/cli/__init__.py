@@ -64,21 +64,18 @@ def parse_when(text: str, now: float | None = None) -> float:
 
 
 def cmd_audit(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    import csv
     from datetime import datetime
 
-    from gateway.db.tables import AUDIT_COLUMNS
+    from gateway.monitor.auditlog import write_csv
 
     rows = _store(cfg).audit_rows(
         since=parse_when(args.since), until=parse_when(args.until) if args.until else None
     )
+    if args.csv:
+        write_csv(rows, sys.stdout)
+        return 0
     for r in rows:
         r["at"] = datetime.fromtimestamp(r["at"]).isoformat(timespec="milliseconds")
-    if args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return 0
     for r in rows:
         who = f"{r['calling_ae']}@{r['address']}" if r["calling_ae"] else ""
         what = " ".join(

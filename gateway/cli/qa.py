@@ -147,6 +147,8 @@ def cmd_qa_alerts(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             store.acknowledge_alert(args.ack, args.by, time.time())
         except KeyError:
             raise GatewayError(f"no alert {args.ack}") from None
+        except ValueError as exc:
+            raise GatewayError(str(exc)) from None
         print(f"alert {args.ack} acknowledged by {args.by}")
         return 0
     rows = [_alert(a) for a in store.alerts()]

@@ -1,6 +1,8 @@
 """Signing in and out. Every attempt is audited; the ``auth.max_failures``-th wrong password in
-a row locks the account for ``auth.lockout_minutes``; one address may fail a bounded number
-of times per five minutes, whatever the account."""
+a row locks the account for ``auth.lockout_minutes`` (counted atomically in the database, so
+parallel guesses cannot lose a failure); one address may try a bounded number of times per five
+minutes, whatever the account. Every failure gets the same answer: it does not tell whether the
+name exists or the account is locked."""
 
 from __future__ import annotations
 
@@ -8,11 +10,24 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.console.web import _csrf_ok, action, client_address, console, csrf_token, public
+from gateway.console.web import (
+    _csrf_ok,
+    action,
+    client_address,
+    console,
+    csrf_token,
+    public,
+    read_form,
+)
 from gateway.db.tables import UserRow
+
+FAILED = (
+    "Sign-in failed: wrong user name or password, or the account is locked for a while after "
+    "repeated failures."
+)
 
 
 def _safe_next(target: str | None) -> str:
@@ -37,8 +52,9 @@ async def login_form(request: Request) -> Response:
 @public
 async def login(request: Request) -> Response:
     c = console(request)
-    form = await request.form()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await read_form(request)
+    if isinstance(fields, Response):
+        return fields
     address = client_address(request)
     name = fields.get("username", "").strip()[:64]
     target = _safe_next(fields.get("next"))
@@ -49,46 +65,44 @@ async def login(request: Request) -> Response:
         )
 
     if not _csrf_ok(request, fields):
-        return PlainTextResponse("403: the form's CSRF token is missing or wrong", 403)
+        return again("The form had expired: sign in again.", 403)
     wait = c.throttle.wait_s(address)
     if wait > 0:
         await run_in_threadpool(
             c.store.audit, "login", "throttled", address=address[:64], detail=f"user {name}"
         )
-        return again(f"Too many failed sign-ins from this address: wait {wait:.0f} s.", 429)
+        return again(f"Too many sign-in attempts from this address: wait {wait:.0f} s.", 429)
+    c.throttle.failed(address)  # counted before the check: parallel guesses are counted too
     auth = c.cfg.http.auth
 
-    def check() -> tuple[UserRow | None, bool]:
+    def check() -> UserRow | None:
         now = time.time()
         user = c.store.user(name) if name else None
-        locked = user is not None and (user.locked_until or 0) > now
         ok = c.passwords.verify(user.password_hash if user else None, fields.get("password", ""))
-        ok = ok and user is not None and not user.disabled and not locked
-        if locked:
-            c.store.audit(
-                "login", "refused: locked", now, address=address[:64], detail=f"user {name}"
-            )
-            return user, False
+        ok = ok and user is not None and not user.disabled
         row = c.store.record_login(
             name, ok, now, address, auth.max_failures, auth.lockout_minutes * 60
         )
-        return row, ok
+        locked = row is not None and (row.locked_until or 0) > now
+        return row if ok and not locked else None
 
-    user, ok = await run_in_threadpool(check)
-    if not ok or user is None:
-        c.throttle.failed(address)
-        if user is not None and (user.locked_until or 0) > time.time():
-            return again("This account is locked after repeated failures; try again later.", 403)
-        return again("Wrong user name or password.", 401)
+    user = await run_in_threadpool(check)
+    if user is None:
+        return again(FAILED, 401)
+    c.throttle.forgive(address)
     request.session.clear()
-    request.session.update({"user": user.name, "since": time.time()})
+    request.session.update(
+        {"user": user.name, "since": time.time(), "epoch": user.session_epoch or 0}
+    )
     csrf_token(request)
     return RedirectResponse(target, status_code=303)
 
 
 @action("viewer")
 def logout(request: Request, user: UserRow, form: dict[str, str]) -> Response:
-    console(request).store.audit(
+    c = console(request)
+    c.store.end_sessions(user.name, time.time())
+    c.store.audit(
         "login", "logout", address=client_address(request)[:64], detail=f"user {user.name}"
     )
     request.session.clear()

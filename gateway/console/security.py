@@ -77,8 +77,20 @@ class LoginThrottle:
             return seen[0] + self.window_s - now
 
     def failed(self, address: str, now: float | None = None) -> None:
+        """Count an attempt from ``address`` (before it is checked; :meth:`forgive` takes it
+        back when it succeeds)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self._failures) > 10000:  # bounded memory under a spray of addresses
-                self._failures.clear()
+            if len(self._failures) > 10000:  # bounded memory: drop the addresses gone quiet
+                quiet = [
+                    a for a, q in self._failures.items() if not q or q[-1] <= now - self.window_s
+                ]
+                for a in quiet:
+                    del self._failures[a]
             self._failures.setdefault(address, deque()).append(now)
+
+    def forgive(self, address: str) -> None:
+        with self._lock:
+            seen = self._failures.get(address)
+            if seen:
+                seen.pop()

@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.console.security import LoginThrottle, Passwords, allowed
 from gateway.db.database import Store
 from gateway.db.tables import UserRow
+from gateway.monitor.health import readiness
 from gateway.monitor.metrics import MetricsExporter
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,18 @@ class Console:
     passwords: Passwords = field(default_factory=Passwords)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     started_at: float = field(default_factory=time.time)
+
+    _ready: tuple[float, tuple[bool, dict[str, Any]]] | None = None
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def readiness(self, max_age_s: float = 2.0) -> tuple[bool, dict[str, Any]]:
+        """:func:`gateway.monitor.health.readiness` (it writes to the database), at most once
+        per ``max_age_s``: probes and page reloads cannot take the receiver's write lock away."""
+        with self._ready_lock:
+            now = time.monotonic()
+            if self._ready is None or now - self._ready[0] > max_age_s:
+                self._ready = (now, readiness(self.cfg, self.store, self.ops))
+            return self._ready[1]
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -93,18 +107,47 @@ def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
 
 
 def current_user(request: Request) -> UserRow | None:
-    """The signed-in account, or None (no session, expired, account gone, disabled, locked)."""
+    """The signed-in account, or None: no session, older than ``auth.session_hours`` since
+    sign-in, the account gone or disabled, or its sessions ended (sign-out, password or role
+    change) since. A lock (failed guesses by someone else) stops new sign-ins only."""
     name, since = request.session.get("user"), request.session.get("since")
+    epoch = request.session.get("epoch")
     if not isinstance(name, str) or not isinstance(since, (int, float)):
         return None
     c = console(request)
-    now = time.time()
-    if now - since > c.cfg.http.auth.session_hours * 3600:
+    if time.time() - since > c.cfg.http.auth.session_hours * 3600:
         return None
     user = c.store.user(name)
-    if user is None or user.disabled or (user.locked_until or 0) > now:
+    if user is None or user.disabled or epoch != (user.session_epoch or 0):
         return None
     return user
+
+
+MAX_FORM_BYTES = 64 * 1024
+MAX_ID = 2**62  # ids in paths beyond this are not ours (and would overflow SQLite's integer)
+
+
+async def read_form(request: Request) -> dict[str, str] | Response:
+    """The posted form's text fields; only small URL-encoded forms (what the pages send):
+    nothing is spooled to disk for a request, signed in or not."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("", "application/x-www-form-urlencoded"):
+        return PlainTextResponse("415: only URL-encoded forms are accepted", 415)
+    try:
+        length = int(request.headers.get("content-length", "0") or 0)
+    except ValueError:
+        return PlainTextResponse("400: bad Content-Length", 400)
+    if length > MAX_FORM_BYTES:
+        return PlainTextResponse("413: the form is too large", 413)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return PlainTextResponse("413: the form is too large", 413)
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _ids_in_range(request: Request) -> bool:
+    return all(not isinstance(v, int) or 0 <= v <= MAX_ID for v in request.path_params.values())
 
 
 def login_redirect(request: Request) -> Response:
@@ -136,6 +179,8 @@ def page(role: str = "viewer") -> Callable[[Handler], Callable[[Request], Any]]:
                 return login_redirect(request)
             if not allowed(user.role, role):
                 return PlainTextResponse(f"403: this page needs the {role} role", 403)
+            if not _ids_in_range(request):
+                return PlainTextResponse("404: not found", 404)
             csrf_token(request)
             return await run_in_threadpool(handler, request, user)
 
@@ -152,11 +197,12 @@ def action(role: str = "operator") -> Callable[[Handler], Callable[[Request], An
     def wrap(handler: Handler) -> Callable[[Request], Any]:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
-            form = await request.form()
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
             user = await run_in_threadpool(current_user, request)
             if user is None:
                 return PlainTextResponse("401: sign in first", 401)
+            fields = await read_form(request)
+            if isinstance(fields, Response):
+                return fields
             c = console(request)
             what = f"{request.method} {request.url.path}"
             if not _csrf_ok(request, fields):
@@ -177,6 +223,8 @@ def action(role: str = "operator") -> Callable[[Handler], Callable[[Request], An
                     detail=f"{what} by {user.name} ({user.role})",
                 )
                 return PlainTextResponse(f"403: this action needs the {role} role", 403)
+            if not _ids_in_range(request):
+                return PlainTextResponse("404: not found", 404)
             return await run_in_threadpool(handler, request, user, fields)
 
         endpoint.guard = ("action", role)  # type: ignore[attr-defined]

@@ -27,6 +27,11 @@ from gateway.db.tables import (
 REJECTED = "rejected"
 
 
+def _like_escape(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern (escape character backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 @dataclass(frozen=True)
 class JobFilter:
     state: str = ""
@@ -107,7 +112,9 @@ class ConsoleQueries(PeerModelQueries):
             where.append(JobRow.rule == f.rule)
         if f.model:
             # models is a JSON list of names (names match ^[A-Za-z0-9_.-]+$): exact element.
-            where.append(cast(JobRow.models, String).like(f'%"{f.model}"%'))
+            where.append(
+                cast(JobRow.models, String).like(f'%"{_like_escape(f.model)}"%', escape="\\")
+            )
         if f.since is not None:
             where.append(JobRow.created_at >= f.since)
         if f.until is not None:
@@ -267,21 +274,24 @@ class AuditSearchQueries:
         until: float | None = None,
         offset: int = 0,
         limit: int | None = 100,
+        outcome: str = "",
     ) -> tuple[list[AuditRow], int]:
         """Audit rows newest first; ``text`` is found in any text column (case-insensitive)."""
         where = []
         if event:
             where.append(AuditRow.event == event)
+        if outcome:
+            where.append(AuditRow.outcome == outcome)
         if since is not None:
             where.append(AuditRow.at >= since)
         if until is not None:
             where.append(AuditRow.at < until)
         if text:
-            like = f"%{text.lower()}%"
+            like = f"%{_like_escape(text.lower())}%"
             where.append(
                 or_(
                     *(
-                        func.lower(col).like(like)
+                        func.lower(col).like(like, escape="\\")
                         for col in (
                             AuditRow.outcome,
                             AuditRow.calling_ae,

@@ -4,11 +4,12 @@ Account changes, logins and pauses write an audit row in the same transaction.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,6 +17,7 @@ from gateway.db.tables import ComponentRow, DestinationStatusRow, UserRow
 from gateway.db.work import _audit
 
 ROLES = ("viewer", "operator", "admin")
+USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class OperationsQueries:
@@ -29,6 +31,8 @@ class OperationsQueries:
         """Create an account; raises ValueError when the name is taken or the role unknown."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        if not USER_NAME.fullmatch(name):
+            raise ValueError("a user name is 1-64 letters, digits, '.', '-' or '_'")
         try:
             with self.session() as s:
                 row = UserRow(name=name, role=role, password_hash=password_hash, created_at=now)
@@ -59,6 +63,8 @@ class OperationsQueries:
                 setattr(row, key, value)
             if "password_hash" in fields:
                 row.failed_logins, row.locked_until = 0, None
+            if {"password_hash", "role", "disabled"} & set(fields):
+                row.session_epoch = (row.session_epoch or 0) + 1
             shown = ", ".join(
                 f"{k}={'(changed)' if k == 'password_hash' else v}" for k, v in fields.items()
             )
@@ -68,18 +74,40 @@ class OperationsQueries:
     def record_login(
         self, name: str, ok: bool, now: float, address: str, max_failures: int, lockout_s: float
     ) -> UserRow | None:
-        """Count a login attempt (audited); the ``max_failures``-th failure in a row locks the
-        account for ``lockout_s``. Unknown names are audited too. Returns the account."""
+        """Count a login attempt (audited) with conditional, atomic updates, so that parallel
+        attempts cannot lose a failure or undo a lock: the ``max_failures``-th failure in a row
+        locks the account for ``lockout_s``; a right password on a locked account is refused
+        (audited ``refused: locked``) and returns the account with its lock. Unknown names are
+        audited too (None)."""
+        addr = address[:64]
         with self.session() as s:
-            row = s.scalar(select(UserRow).where(UserRow.name == name).with_for_update())
-            if row is None:
-                _audit(s, "login", "unknown user", now, address=address[:64])
-                return None
             if ok:
-                row.failed_logins, row.locked_until, row.last_login_at = 0, None, now
-                _audit(s, "login", "ok", now, address=address[:64], detail=f"user {name}")
+                res = s.execute(
+                    update(UserRow)
+                    .where(
+                        UserRow.name == name,
+                        or_(UserRow.locked_until.is_(None), UserRow.locked_until <= now),
+                    )
+                    .values(failed_logins=0, locked_until=None, last_login_at=now)
+                )
+                row = s.scalar(select(UserRow).where(UserRow.name == name))
+                if row is None:
+                    _audit(s, "login", "unknown user", now, address=addr)
+                elif res.rowcount:  # type: ignore[attr-defined]
+                    _audit(s, "login", "ok", now, address=addr, detail=f"user {name}")
+                else:
+                    _audit(s, "login", "refused: locked", now, address=addr, detail=f"user {name}")
                 return row
-            row.failed_logins += 1
+            res = s.execute(
+                update(UserRow)
+                .where(UserRow.name == name)
+                .values(failed_logins=UserRow.failed_logins + 1)
+            )
+            if not res.rowcount:  # type: ignore[attr-defined]
+                _audit(s, "login", "unknown user", now, address=addr)
+                return None
+            row = s.scalar(select(UserRow).where(UserRow.name == name))
+            assert row is not None
             outcome = "failed"
             if row.failed_logins >= max_failures:
                 row.locked_until, row.failed_logins = now + lockout_s, 0
@@ -87,8 +115,17 @@ class OperationsQueries:
             detail = f"user {name}" + (
                 f" locked for {lockout_s:.0f} s" if outcome == "locked" else ""
             )
-            _audit(s, "login", outcome, now, address=address[:64], detail=detail)
+            _audit(s, "login", outcome, now, address=addr, detail=detail)
             return row
+
+    def end_sessions(self, name: str, now: float) -> None:
+        """Sign-out: every session of the account made before ends (its epoch moves on)."""
+        with self.session() as s:
+            s.execute(
+                update(UserRow)
+                .where(UserRow.name == name)
+                .values(session_epoch=UserRow.session_epoch + 1)
+            )
 
     # -- destinations ---------------------------------------------------------------------------
 

@@ -52,10 +52,14 @@ class RegisterQueries:
             return list(s.scalars(query))
 
     def acknowledge_alert(self, alert_id: int, by: str, now: float) -> AlertRow:
+        """An open alert was seen by ``by`` (audited). Raises KeyError for an unknown alert,
+        ValueError for one no longer open (acknowledged or resolved: left as it is)."""
         with self.session() as s:
             row = s.get(AlertRow, alert_id)
             if row is None:
                 raise KeyError(alert_id)
+            if row.state != "open":
+                raise ValueError(f"alert {alert_id} is {row.state}, no longer open")
             row.state, row.acknowledged_by, row.acknowledged_at = "acknowledged", by, now
             _audit(s, "alert", "acknowledged", now, detail=f"alert {alert_id} by {by}")
             return row

@@ -284,6 +284,9 @@ class UserRow(Base):
     locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_login_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Sessions carry it; bumped on sign-out, password or role change and disabling, which ends
+    # every session of the account made before.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DestinationStatusRow(Base):

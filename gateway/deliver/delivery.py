@@ -166,10 +166,19 @@ class Deliverer:
             self.dispatch.deliver(i)
         return ids
 
-    def requeue(self, job_id: int) -> list[int]:
+    def requeue(self, job_id: int, now: float) -> list[int]:
         """Make a job's undelivered deliveries (or, if all were delivered, all of them) pending
-        and due now; return their ids."""
-        deliveries = self.store.deliveries_for(job_id)
+        and due now; return their ids. One being sent right now (a live lease) is left to its
+        sender: a second click never sends a structure set twice at once."""
+        deliveries = [
+            d
+            for d in self.store.deliveries_for(job_id)
+            if not (
+                d.state == DeliveryState.SENDING.value
+                and d.lease_owner
+                and (d.lease_expires_at or 0.0) > now
+            )
+        ]
         ids = [d.id for d in deliveries if d.state != DeliveryState.DELIVERED.value]
         for i in ids or [d.id for d in deliveries]:
             self.store.update_delivery(

@@ -171,14 +171,51 @@ def test_ten_wrong_passwords_lock_the_account_for_the_configured_time(console: A
     for _ in range(9):
         assert login(client, "operator", "wrong password!").status_code == 401
     r = login(client, "operator", "wrong password!")
-    assert r.status_code == 403 and "locked" in r.text
-    assert login(client, "operator").status_code == 403  # even the right password, for now
+    # The same answer as any failure: it tells nobody whether the name exists or is locked.
+    assert r.status_code == 401 and "Sign-in failed" in r.text
+    assert (store.user("operator").locked_until or 0) > time.time()
+    assert login(client, "operator").status_code == 401  # even the right password, for now
     outcomes = [o for o, d in _audit(store, "login") if "operator" in d]
     assert outcomes.count("failed") == 9 and outcomes.count("locked") == 1
     assert "refused: locked" in outcomes
     time.sleep(1.3)  # lockout_minutes 0.02 = 1.2 s
     assert login(client, "operator").status_code == 303
     assert [o for o, _ in _audit(store, "login")][0] == "ok"
+
+
+def test_a_lock_by_someone_else_does_not_end_a_session_but_sign_out_and_password_do(
+    console: Any,
+) -> None:
+    app, store, _ = console
+    mine = TestClient(app)
+    login(mine, "operator")
+    copied = TestClient(app, cookies=dict(mine.cookies))
+    attacker = TestClient(app)
+    for _ in range(10):
+        login(attacker, "operator", "guess guess guess")
+    assert (store.user("operator").locked_until or 0) > time.time()
+    assert mine.get("/jobs", follow_redirects=False).status_code == 200  # still working
+    token = _csrf(mine, "/jobs")
+    mine.post("/logout", data={"csrf": token}, follow_redirects=False)
+    # A copy of the cookie taken before the sign-out is worth nothing after it.
+    assert copied.get("/jobs", follow_redirects=False).status_code == 303
+    viewer = TestClient(app)
+    login(viewer, "viewer")
+    store.update_user("viewer", time.time(), password_hash=Passwords().hash("a new password 9"))
+    assert viewer.get("/jobs", follow_redirects=False).status_code == 303
+
+
+def test_large_or_multipart_forms_are_refused_before_they_are_read(console: Any) -> None:
+    app, _, ops = console
+    client = TestClient(app)
+    login(client, "operator")
+    token = _csrf(client, "/jobs")
+    big = client.post("/jobs/1/resend", data={"csrf": token, "x": "y" * 70000})
+    assert big.status_code == 413
+    multipart = client.post("/jobs/1/resend", data={"csrf": token}, files={"f": b"0" * 10})
+    assert multipart.status_code == 415
+    assert client.get("/jobs/99999999999999999999999").status_code == 404
+    assert not ops.calls
 
 
 def test_unknown_users_and_disabled_accounts_cannot_sign_in(console: Any) -> None:

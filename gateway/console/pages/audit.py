@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from starlette.routing import Route
 from gateway.console.pages.jobs import _day, _page_no
 from gateway.console.web import console, page, query_string
 from gateway.db.tables import AUDIT_COLUMNS, UserRow
+from gateway.monitor.auditlog import write_csv
 
 PER_PAGE = 100
 
@@ -53,25 +53,26 @@ def audit(request: Request, user: UserRow) -> Response:
     )
 
 
+EXPORT_MAX = 100_000
+
+
 @page("viewer")
 def audit_csv(request: Request, user: UserRow) -> Response:
+    """The rows found, oldest first, as ``aircon audit --csv`` writes them; at most
+    :data:`EXPORT_MAX` (the newest): narrow the dates for more."""
     c = console(request)
     p = _params(request)
-    rows, _ = c.store.audit_page(
+    rows, total = c.store.audit_page(
         text=p["q"],
         event=p["event"],
         since=_day(p["since"]),
         until=_day(p["until"], end=True),
-        limit=None,
+        limit=EXPORT_MAX,
     )
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(AUDIT_COLUMNS)
-    for r in reversed(rows):  # oldest first, as aircon audit --csv
-        values = [getattr(r, col) for col in AUDIT_COLUMNS]
-        values[0] = datetime.fromtimestamp(r.at).isoformat(timespec="seconds")
-        writer.writerow(["" if v is None else v for v in values])
-    c.store.audit("action", "audit exported", detail=f"{len(rows)} rows by {user.name}")
+    write_csv(({col: getattr(r, col) for col in AUDIT_COLUMNS} for r in reversed(rows)), out)
+    cut = f" (the newest {EXPORT_MAX} of {total})" if total > len(rows) else ""
+    c.store.audit("action", "audit exported", detail=f"{len(rows)} rows{cut} by {user.name}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Response(
         out.getvalue(),

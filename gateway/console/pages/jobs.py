@@ -33,7 +33,7 @@ def _day(value: str, end: bool = False) -> float | None:
 
 def _page_no(request: Request) -> int:
     try:
-        return max(1, int(request.query_params.get("page", "1")))
+        return min(max(1, int(request.query_params.get("page", "1"))), 1_000_000)
     except ValueError:
         return 1
 
@@ -56,7 +56,7 @@ def studies(request: Request, user: UserRow) -> Response:
         offset=(n - 1) * PER_PAGE,
         limit=PER_PAGE,
     )
-    refused, _ = c.store.audit_page(event="received", text="", limit=200)
+    refused, _ = c.store.audit_page(event="received", outcome="refused", limit=20)
     return c.render(
         request,
         "studies.html.j2",
@@ -70,7 +70,7 @@ def studies(request: Request, user: UserRow) -> Response:
         per_page=PER_PAGE,
         params=lambda **kw: query_string(params, **kw),
         searched=bool(key),
-        refused=[r for r in refused if r.outcome == "refused"][:20],
+        refused=refused,
     )
 
 

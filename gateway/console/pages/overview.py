@@ -10,7 +10,6 @@ from starlette.routing import Route
 
 from gateway.console.web import action, audit_action, back, console, page
 from gateway.db.tables import UserRow
-from gateway.monitor.health import readiness
 
 DAY_S = 24 * 3600.0
 
@@ -19,7 +18,7 @@ DAY_S = 24 * 3600.0
 def overview(request: Request, user: UserRow) -> Response:
     c = console(request)
     now = time.time()
-    ready, body = readiness(c.cfg, c.store, c.ops)
+    ready, body = c.readiness()
     components = c.store.components()
     models = {
         name: components.get(f"model:{name}")
@@ -59,6 +58,8 @@ def acknowledge(request: Request, user: UserRow, form: dict[str, str]) -> Respon
         c.store.acknowledge_alert(alert_id, user.name, time.time())
     except KeyError:
         return back(request, f"No alert {alert_id}.", error=True)
+    except ValueError as exc:
+        return back(request, f"{exc}.", error=True)
     audit_action(c, request, user, "alert acknowledged", detail=f"alert {alert_id}")
     return back(request, f"Alert {alert_id} acknowledged.")
 

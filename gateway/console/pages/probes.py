@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.console.web import console, probe
-from gateway.monitor.health import liveness, readiness
+from gateway.monitor.health import liveness
 
 
 @probe
@@ -26,7 +26,7 @@ def healthz(request: Request) -> Response:
 @probe
 def readyz(request: Request) -> Response:
     c = console(request)
-    ok, body = readiness(c.cfg, c.store, c.ops)
+    ok, body = c.readiness()
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

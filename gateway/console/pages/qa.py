@@ -156,7 +156,7 @@ def incident_open(request: Request, user: UserRow, form: dict[str, str]) -> Resp
     description, job = _text(form, "description"), form.get("job_id", "").strip()
     if not description:
         return back(request, "Describe the incident.", "/qa", error=True)
-    if job and not job.isdigit():
+    if job and not (job.isascii() and job.isdigit() and len(job) <= 18):
         return back(request, "The job id must be a number.", "/qa", error=True)
     job_id = int(job) if job else None
     try:

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("locked_until", sa.Float(), nullable=True),
         sa.Column("last_login_at", sa.Float(), nullable=True),
         sa.Column("disabled", sa.Boolean(), nullable=False, server_default="0"),
+        sa.Column("session_epoch", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_table(
         "destination_status",
