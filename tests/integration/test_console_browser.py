@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +20,13 @@ import pytest
 from gateway.demo.node import ReceivingNode
 from gateway.demo.phantom import make_phantom, write_dicom_series
 from tests.conftest import wait_for
+from tests.console_client import PASSWORD, add_user
 from tests.sinks import Mailbox, Webhook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-PASSWORD = "operator password 1"
 ECHO_S = 2.0
 # Patient data written into the study: must appear on no page and in no alert.
 NAME, PATIENT_ID = "Brightwater^Olwen Testcase", "PID-CONSOLE-93X1"
@@ -80,29 +78,6 @@ def _jobs(driver: Any, url: str) -> dict[int, str]:
     return {int(r.get_attribute("data-job")): r.get_attribute("data-state") for r in rows}
 
 
-def _add_user(gw: Any, name: str, role: str) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "-c",
-            str(gw.config_path),
-            "user",
-            "add",
-            name,
-            "--role",
-            role,
-            "--password-stdin",
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        cwd=gw.work,
-    )
-    assert out.returncode == 0, out.stderr
-
-
 def _study(folder: Path, seed: int) -> Path:
     write_dicom_series(
         make_phantom(seed), folder, seed=seed, patient_name=NAME, patient_id=PATIENT_ID
@@ -134,8 +109,8 @@ def test_an_operator_watches_a_study_a_destination_outage_and_resends(
             },
             http={"refresh_s": 0},
         )
-        _add_user(gw, "olga", "operator")
-        _add_user(gw, "ada", "admin")
+        add_user(gw, "olga", "operator")
+        add_user(gw, "ada", "admin")
         gw.start()
         try:
             url = gw.console_url
