@@ -236,7 +236,7 @@ class GatewayOperations:
 
     def scp_listening(self) -> bool:
         scp = self.gateway._scp_obj
-        return scp is not None and bool(getattr(scp, "listening", True))
+        return scp is not None and bool(scp.listening)
 
 
 def resend(cfg: GatewayConfig, job_id: int) -> str:

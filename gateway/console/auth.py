@@ -14,10 +14,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.console.web import (
-    _csrf_ok,
     action,
     client_address,
     console,
+    csrf_ok,
     csrf_token,
     public,
     read_form,
@@ -64,7 +64,7 @@ async def login(request: Request) -> Response:
             request, "login.html.j2", status, next=target, csrf=csrf_token(request), error=error
         )
 
-    if not _csrf_ok(request, fields):
+    if not csrf_ok(request, fields):
         return again("The form had expired: sign in again.", 403)
     wait = c.throttle.wait_s(address)
     if wait > 0:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
@@ -27,7 +28,8 @@ from starlette.templating import Jinja2Templates
 from gateway.config import GatewayConfig
 from gateway.console.security import LoginThrottle, Passwords, allowed
 from gateway.db.database import Store
-from gateway.db.tables import UserRow
+from gateway.db.tables import JobRow, UserRow
+from gateway.job import stage_timings
 from gateway.monitor.health import readiness
 from gateway.monitor.metrics import MetricsExporter
 
@@ -95,7 +97,7 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
+def csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
     sent = form.get("csrf")
     kept = request.session.get("csrf")
     return (
@@ -205,7 +207,7 @@ def action(role: str = "operator") -> Callable[[Handler], Callable[[Request], An
                 return fields
             c = console(request)
             what = f"{request.method} {request.url.path}"
-            if not _csrf_ok(request, fields):
+            if not csrf_ok(request, fields):
                 await run_in_threadpool(
                     c.store.audit,
                     "action",
@@ -256,6 +258,30 @@ def public(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     """The login page and the static files: reachable without a session."""
     handler.guard = ("public", "")  # type: ignore[attr-defined]
     return handler
+
+
+def day_start(value: str, end: bool = False) -> float | None:
+    """A YYYY-MM-DD field as the start (or the end) of that local day; None when empty/bad."""
+    try:
+        t = datetime.strptime(value.strip(), "%Y-%m-%d").timestamp()
+    except ValueError:
+        return None
+    return t + 86400.0 if end else t
+
+
+def page_number(request: Request) -> int:
+    """The ``page`` query parameter, 1 when absent or bad, at most a million."""
+    try:
+        return min(max(1, int(request.query_params.get("page", "1"))), 1_000_000)
+    except ValueError:
+        return 1
+
+
+def stage_bar(job: JobRow) -> tuple[dict[str, float], float]:
+    """A job's seconds per stage and the length its timing bar is drawn against (the total, or
+    the stages' sum when they add up to more, e.g. before the job is delivered)."""
+    t = stage_timings(dict(job.stages or {}), job.job_outcome)
+    return t, max(t.get("total", 0.0), sum(v for k, v in t.items() if k != "total"))
 
 
 def query_string(params: Mapping[str, Any], **changes: Any) -> str:

@@ -12,13 +12,10 @@ from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.db.tables import (
-    AlertRow,
     AuditRow,
     DeliveryRow,
-    IncidentRow,
     InstanceRow,
     JobRow,
-    SelfTestRow,
     SeriesRow,
     StudyRow,
 )
@@ -239,26 +236,6 @@ class ConsoleQueries(PeerModelQueries):
             "deliveries": {str(k): int(v) for k, v in deliveries.items()},
             "open_jobs": {str(k): int(v) for k, v in open_jobs.items()},
         }
-
-    def open_alerts(self, limit: int = 100) -> list[AlertRow]:
-        with self.session() as s:
-            q = (
-                select(AlertRow)
-                .where(AlertRow.state == "open")
-                .order_by(AlertRow.at.desc())
-                .limit(limit)
-            )
-            return list(s.scalars(q))
-
-    def candidate_incidents(self) -> list[IncidentRow]:
-        with self.session() as s:
-            q = select(IncidentRow).where(IncidentRow.state == "candidate").order_by(IncidentRow.id)
-            return list(s.scalars(q))
-
-    def self_tests(self, limit: int = 20) -> list[SelfTestRow]:
-        with self.session() as s:
-            q = select(SelfTestRow).order_by(SelfTestRow.id.desc()).limit(limit)
-            return list(s.scalars(q))
 
 
 class AuditSearchQueries:

@@ -48,6 +48,12 @@ class SelfTestQueries:
             )
             return row.id
 
+    def self_tests(self, limit: int = 20) -> list[SelfTestRow]:
+        """The latest self-tests, newest first."""
+        with self.session() as s:
+            q = select(SelfTestRow).order_by(SelfTestRow.id.desc()).limit(limit)
+            return list(s.scalars(q))
+
     def self_test(self, test_id: int) -> SelfTestRow | None:
         with self.session() as s:
             return s.get(SelfTestRow, test_id)

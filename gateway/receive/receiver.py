@@ -169,14 +169,18 @@ def patient_key(ds: Dataset, salt: str) -> str:
     return key_of(patient_id, issuer, salt)
 
 
+def search_key(patient_id: str, issuer: str, salt: str) -> str:
+    """The key of a patient typed by an operator ("" for an empty ID): surrounding spaces are
+    ignored, as DICOM pads values with them; values longer than DICOM's 64 characters are cut."""
+    patient_id, issuer = patient_id.strip()[:64], issuer.strip()[:64]
+    return key_of(patient_id, issuer, salt) if patient_id else ""
+
+
 def studies_of_patient(store: Store, patient_id: str, issuer: str = "") -> list[str]:
     """The studies received for a patient typed by an operator: exact match on PatientID (and
-    IssuerOfPatientID, if given) through the salted key, never stored or logged in clear.
-    Surrounding spaces are ignored, as DICOM pads values with them."""
-    patient_id, issuer = patient_id.strip(), issuer.strip()
-    if not patient_id:
-        return []
-    return store.studies_for_patient_key(key_of(patient_id, issuer, store.patient_salt))
+    IssuerOfPatientID, if given) through the salted key, never stored or logged in clear."""
+    key = search_key(patient_id, issuer, store.patient_salt)
+    return store.studies_for_patient_key(key) if key else []
 
 
 def describe_instance(ds: Dataset, path: str = "", *, salt: str = "") -> InstanceRecord:

@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.console.pages.jobs import _day, _page_no
-from gateway.console.web import console, page, query_string
+from gateway.console.web import console, day_start, page, page_number, query_string
 from gateway.db.tables import AUDIT_COLUMNS, UserRow
 from gateway.monitor.auditlog import write_csv
 
@@ -26,12 +25,12 @@ def _params(request: Request) -> dict[str, str]:
 def audit(request: Request, user: UserRow) -> Response:
     c = console(request)
     p = _params(request)
-    n = _page_no(request)
+    n = page_number(request)
     rows, total = c.store.audit_page(
         text=p["q"],
         event=p["event"],
-        since=_day(p["since"]),
-        until=_day(p["until"], end=True),
+        since=day_start(p["since"]),
+        until=day_start(p["until"], end=True),
         offset=(n - 1) * PER_PAGE,
         limit=PER_PAGE,
     )
@@ -65,8 +64,8 @@ def audit_csv(request: Request, user: UserRow) -> Response:
     rows, total = c.store.audit_page(
         text=p["q"],
         event=p["event"],
-        since=_day(p["since"]),
-        until=_day(p["until"], end=True),
+        since=day_start(p["since"]),
+        until=day_start(p["until"], end=True),
         limit=EXPORT_MAX,
     )
     out = io.StringIO()

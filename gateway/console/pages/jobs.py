@@ -4,38 +4,30 @@ the operator's resend and cancel."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.console.web import action, audit_action, back, console, page, query_string
+from gateway.console.web import (
+    action,
+    audit_action,
+    back,
+    console,
+    day_start,
+    page,
+    page_number,
+    query_string,
+    stage_bar,
+)
 from gateway.db.console import JobFilter
 from gateway.db.records import JobState
 from gateway.db.tables import UserRow
-from gateway.job import stage_timings
-from gateway.receive.receiver import key_of
+from gateway.receive.receiver import search_key
 
 PER_PAGE = 50
 KEY_LENGTH = 64
-
-
-def _day(value: str, end: bool = False) -> float | None:
-    """A YYYY-MM-DD field as the start (or the end) of that local day; None when empty/bad."""
-    try:
-        t = datetime.strptime(value.strip(), "%Y-%m-%d").timestamp()
-    except ValueError:
-        return None
-    return t + 86400.0 if end else t
-
-
-def _page_no(request: Request) -> int:
-    try:
-        return min(max(1, int(request.query_params.get("page", "1"))), 1_000_000)
-    except ValueError:
-        return 1
 
 
 def _patient_key(request: Request) -> str:
@@ -49,7 +41,7 @@ def studies(request: Request, user: UserRow) -> Response:
     key = _patient_key(request)
     uids = c.store.studies_for_patient_key(key) if key else None
     params = {k: v for k, v in request.query_params.items() if k in ("key", "attention")}
-    n = _page_no(request)
+    n = page_number(request)
     rows, total = c.store.study_page(
         reason_only=bool(params.get("attention")),
         study_uids=uids,
@@ -79,10 +71,9 @@ def search(request: Request, user: UserRow, form: dict[str, str]) -> Response:
     """Exact-match patient search: the typed PatientID (and issuer) is hashed with this
     installation's salt and only the hash goes on; the clear value is never kept or logged."""
     c = console(request)
-    patient_id = form.get("patient_id", "").strip()
-    if not patient_id:
+    key = search_key(form.get("patient_id", ""), form.get("issuer", ""), c.store.patient_salt)
+    if not key:
         return back(request, "Type a patient ID to search for.", "/studies", error=True)
-    key = key_of(patient_id[:64], form.get("issuer", "").strip()[:64], c.store.patient_salt)
     audit_action(c, request, user, "patient search", detail="exact-match search (value not kept)")
     return RedirectResponse(f"/studies?key={key}", status_code=303)
 
@@ -97,8 +88,8 @@ def _filter(request: Request) -> tuple[JobFilter, dict[str, str]]:
         state=params["state"],
         rule=params["rule"],
         model=params["model"],
-        since=_day(params["since"]),
-        until=_day(params["until"], end=True),
+        since=day_start(params["since"]),
+        until=day_start(params["until"], end=True),
         study_uids=[study] if study else None,
     )
     return f, {k: v for k, v in params.items() if v}
@@ -108,18 +99,12 @@ def _filter(request: Request) -> tuple[JobFilter, dict[str, str]]:
 def jobs(request: Request, user: UserRow) -> Response:
     c = console(request)
     f, params = _filter(request)
-    n = _page_no(request)
+    n = page_number(request)
     rows, total = c.store.job_page(f, offset=(n - 1) * PER_PAGE, limit=PER_PAGE)
     items = []
     for job in rows:
-        t = stage_timings(dict(job.stages or {}), job.job_outcome)
-        items.append(
-            {
-                "job": job,
-                "t": t,
-                "scale": max(t.get("total", 0.0), sum(v for k, v in t.items() if k != "total")),
-            }
-        )
+        t, scale = stage_bar(job)
+        items.append({"job": job, "t": t, "scale": scale})
     return c.render(
         request,
         "jobs.html.j2",
@@ -151,7 +136,7 @@ def job(request: Request, user: UserRow) -> Response:
     outcome = row.job_outcome
     plan = row.job_plan
     series = c.store.series_descriptions(plan.series_used or list(row.input_series or []))
-    t = stage_timings(dict(row.stages or {}), outcome)
+    t, scale = stage_bar(row)
     return c.render(
         request,
         "job.html.j2",
@@ -164,7 +149,7 @@ def job(request: Request, user: UserRow) -> Response:
         outcome=outcome,
         series=series,
         t=t,
-        scale=max(t.get("total", 0.0), sum(v for k, v in t.items() if k != "total")),
+        scale=scale,
         deliveries=c.store.deliveries_for(job_id),
         history=c.store.job_audit(job_id),
         specs=c.cfg.models,

@@ -41,8 +41,8 @@ def overview(request: Request, user: UserRow) -> Response:
             "instances": activity["instances"] / 24.0,
             "jobs": done / 24.0,
         },
-        alerts=c.store.open_alerts(),
-        candidates=c.store.candidate_incidents(),
+        alerts=c.store.alerts("open", limit=100),
+        candidates=c.store.incidents("candidate"),
         uptime_s=now - c.started_at,
     )
 
