@@ -11,15 +11,16 @@ dev=0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 pkgs="python3-venv libgl1 libglib2.0-0"
-[ $dev = 1 ] && pkgs="$pkgs dcmtk orthanc dicom3tools iproute2 util-linux chromium chromium-driver prometheus"
+[ $dev = 1 ] && pkgs="$pkgs dcmtk orthanc dicom3tools iproute2 util-linux chromium chromium-driver prometheus redis-server postgresql"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
-# Orthanc's and Prometheus' Debian packages start system services on install; the tests run their own.
-if [ $dev = 1 ] && command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop orthanc prometheus 2>/dev/null || true; fi
+# Orthanc's, Prometheus', Redis' and PostgreSQL's Debian packages start system services on
+# install; the tests run their own (private data folders, free loopback ports).
+if [ $dev = 1 ] && command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop orthanc prometheus redis-server postgresql 2>/dev/null || true; fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

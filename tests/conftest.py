@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway.db.database import Store
 from gateway.demo.launcher import Gateway, free_port, free_ports, write_config
+from tests.services import PostgresServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -83,10 +84,36 @@ def make_mr_slice() -> Any:
     return mr_slice
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (``new_database()`` for each test)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Store:
-    """An empty database (SQLite in the test's folder)."""
-    return Store(f"sqlite:///{tmp_path / 'aircon.db'}")
+def redis_server() -> Iterator[RedisServer]:
+    """A private Redis server for one test (it may restart it)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database's URL, once on SQLite (embedded) and once on PostgreSQL (scale-out):
+    the claims must hold on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aircon.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
+
+
+@pytest.fixture
+def db(database_url: str) -> Store:
+    """An empty database, on SQLite and on PostgreSQL."""
+    return Store(database_url)
 
 
 @pytest.fixture(scope="session")

@@ -139,8 +139,8 @@ class Store(
                         ),
                     },
                     where=SeriesRow.study_uid == rec.study_uid,
-                )
-            )
+                ).returning(SeriesRow.series_uid)
+            ).first()
             ins = self._insert(InstanceRow).values(
                 sop_instance_uid=rec.sop_instance_uid,
                 series_uid=rec.series_uid,
@@ -160,11 +160,12 @@ class Store(
                         "size": rec.size,
                     },
                     where=InstanceRow.series_uid == rec.series_uid,
-                )
-            )
+                ).returning(InstanceRow.sop_instance_uid)
+            ).first()
             # An upsert whose WHERE refused (the row belongs to another study or series)
-            # changed nothing: only then is the conflict looked up, to say which.
-            if not (series_done.rowcount and instance_done.rowcount):  # type: ignore[attr-defined]
+            # returns no row: only then is the conflict looked up, to say which. (RETURNING, not
+            # rowcount: psycopg reports -1 for an INSERT .. ON CONFLICT through SQLAlchemy.)
+            if series_done is None or instance_done is None:
                 conflict = _uid_conflict(s, rec)
                 if conflict is not None:
                     raise conflict  # rolls back this transaction: nothing of it is recorded

@@ -53,10 +53,11 @@ def make_pipeline(tmp_path: Path, store: Store, clock: Clock, dispatcher=None) -
 
 def test_a_study_resent_while_its_first_job_is_done_waits_for_the_association_to_end(
     tmp_path: Path,
+    database_url: str,
 ) -> None:
     """Defect: a readiness check left over from the first job found the series quiet while an
     association was still sending the study again, and queued a job on partial inputs."""
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store = Store(database_url)
     clock = Clock(T0)
     dispatcher = RecordingDispatcher()
     pipeline = make_pipeline(tmp_path, store, clock, dispatcher)
@@ -88,10 +89,12 @@ def test_a_study_resent_while_its_first_job_is_done_waits_for_the_association_to
     assert dispatcher.runs == [first.id, jobs[1].id]
 
 
-def test_timings_are_recorded_once_from_the_jobs_own_instances(tmp_path: Path) -> None:
+def test_timings_are_recorded_once_from_the_jobs_own_instances(
+    tmp_path: Path, database_url: str
+) -> None:
     """Defect: 'receive' counted from the study's first-ever instance, and a job's timings
     changed when the study was sent again later."""
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store = Store(database_url)
     clock = Clock(T0)
     pipeline = make_pipeline(tmp_path, store, clock)
     send(store, [0.0, 3.0, 6.0, 9.0], at=T0)  # instances at T0 .. T0 + 1.5
@@ -112,8 +115,10 @@ def test_timings_are_recorded_once_from_the_jobs_own_instances(tmp_path: Path) -
     assert timings(second)["receive"] == 1.5
 
 
-def test_two_processes_checking_the_same_studies_make_one_job_each(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_two_processes_checking_the_same_studies_make_one_job_each(
+    tmp_path: Path, database_url: str
+) -> None:
+    url = database_url
     setup = Store(url)
     studies = [f"{STUDY}.{i}" for i in range(20)]
     for uid in studies:
@@ -148,8 +153,10 @@ def test_two_processes_checking_the_same_studies_make_one_job_each(tmp_path: Pat
     assert {setup.job(j.id).attempts for j in jobs} == {1}
 
 
-def test_an_expired_lease_or_a_dead_owner_gives_the_job_back(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+def test_an_expired_lease_or_a_dead_owner_gives_the_job_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
     job = store.create_job(STUDY, "mr", ["pelvis"], T0)
     store.update_job(job.id, state=JobState.QUEUED)
     assert store.claim_job(job.id, "elsewhere:4242:x", T0, lease_s=30)
@@ -178,8 +185,8 @@ def test_owner_is_dead_only_for_gone_processes_of_this_host() -> None:
     assert not owner_is_dead("some-other-host:999999999:x")
 
 
-def test_a_due_check_runs_in_one_of_two_schedulers(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'a.db'}"
+def test_a_due_check_runs_in_one_of_two_schedulers(tmp_path: Path, database_url: str) -> None:
+    url = database_url
     store = Store(url)
     send(store, [0.0, 3.0], at=T0)
     store.association_ended([STUDY], clean=True, now=T0 + 2)
@@ -203,8 +210,10 @@ def test_a_due_check_runs_in_one_of_two_schedulers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("clean", [True, False])
-def test_two_associations_sending_one_study_both_must_end(tmp_path: Path, clean: bool) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+def test_two_associations_sending_one_study_both_must_end(
+    tmp_path: Path, database_url: str, clean: bool
+) -> None:
+    store = Store(database_url)
     clock = Clock(T0)
     pipeline = make_pipeline(tmp_path, store, clock)
     send(store, [0.0, 3.0], at=T0)  # association 1

@@ -138,8 +138,8 @@ def make_config(tmp_path: Path, max_attempts: int = 3) -> GatewayConfig:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'aircon.db'}")
+def store(database_url: str) -> Store:
+    return Store(database_url)
 
 
 @pytest.fixture

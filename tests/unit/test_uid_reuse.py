@@ -58,8 +58,8 @@ def _reuse_sop(ds: Dataset, sop_uid: str) -> Dataset:
 
 
 @pytest.fixture
-def rx(tmp_path: Path) -> Receiver:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def rx(tmp_path: Path, database_url: str) -> Receiver:
+    store = Store(database_url)
     return Receiver(Spool(tmp_path / "spool"), store, storage=StorageConfig(min_free_mb=0))
 
 
