@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gateway.config import GatewayConfig
 from gateway.db.database import Store
@@ -15,12 +15,14 @@ from gateway.failpoints import CrashPoints
 from gateway.monitor.alerts import AlertMonitor
 from gateway.monitor.echo import EchoMonitor
 from gateway.pipeline import Pipeline
-from gateway.queue import HueyDispatcher, make_huey
+from gateway.queue import HueyDispatcher, make_queues
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
 from gateway.scheduler import Scheduler, new_owner
 
 log = logging.getLogger(__name__)
+
+Role = Literal["all", "receiver", "worker"]
 
 
 class Gateway:
@@ -33,8 +35,8 @@ class Gateway:
                 parents=True, exist_ok=True
             )
         self.store = Store(cfg.database.url)
-        self.huey = make_huey(cfg)
-        self.dispatcher = HueyDispatcher(self.huey)
+        self.queues = make_queues(cfg)
+        self.dispatcher = HueyDispatcher(self.queues)
         self.owner = new_owner()
         self.crash = CrashPoints(cfg.faults.crash_at)
         if cfg.faults.crash_at:
@@ -58,14 +60,23 @@ class Gateway:
             self._echo_monitor = EchoMonitor(self.cfg, self.store, self.cfg.ae_title)
         return self._echo_monitor
 
-    def serve(self, ready: threading.Event | None = None, listen: bool = True) -> None:
-        """Run the SCP (``listen``), the scheduler and the queue workers until SIGINT/SIGTERM
-        (blocks; main thread). Without ``listen`` the process only works: it runs the jobs and
-        deliveries it claims from the shared database."""
+    def serve(self, ready: threading.Event | None = None, role: Role = "all") -> None:
+        """Run this process's part until SIGINT/SIGTERM (blocks; main thread).
+
+        ``all`` (``aircon serve``): everything in one process. ``receiver`` (``aircon serve
+        --role receiver``): the Storage SCP, study checks, deliveries, QA, the console and the
+        monitors; no models. ``worker`` (``aircon worker``): the models only, taking jobs from
+        the shared queue and the database (with an embedded SQLite queue, which no other
+        process reads, it also sends its own deliveries). SIGTERM stops gracefully: the steps
+        running (an inference) finish first, their leases renewed meanwhile."""
+        listen = role != "worker"
+        models = role != "receiver"
+        work = role != "worker" or self.cfg.queue.backend == "sqlite"
         pipeline = self.pipeline
         self.dispatcher.bind(pipeline)
         if self.cfg.queue.backend == "sqlite":
-            self.huey.flush()  # the database is the truth: recover() re-dispatches from it
+            for queue in self.queues:  # the database is the truth: recover() re-dispatches
+                queue.flush()
         scp = self._scp() if listen else None
         self._scp_obj = scp
         pipeline.recover(receiving=listen)
@@ -77,7 +88,8 @@ class Gateway:
             scp.start()
             self.store.set_component("scp", "listening", time.time(), owner=self.owner)
         console = self._console() if listen and self.cfg.http.enabled else None
-        threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
+        if models:
+            threading.Thread(target=self._warm_models, name="warm-models", daemon=True).start()
         stop = threading.Event()
         scheduler = Scheduler(
             self.store,
@@ -86,6 +98,8 @@ class Gateway:
             self.owner,
             poll_s=self.cfg.queue.poll_s,
             lease_s=self.cfg.queue.lease_s,
+            checks=listen,
+            work=work,
         )
         threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True).start()
         if listen:
@@ -97,15 +111,12 @@ class Gateway:
             ).start()
             alerts = AlertMonitor(self.cfg, self.store)
             threading.Thread(target=alerts.run, args=(stop,), name="alerts", daemon=True).start()
-        consumer: Any = self.huey.create_consumer(
-            workers=self.cfg.queue.workers,
-            worker_type="thread",
-            periodic=False,
-            initial_delay=0.05,
-            backoff=1.5,
-            max_delay=0.5,
-            scheduler_interval=1,
-        )
+        consumers = []
+        if models:
+            consumers.append(self._consumer(self.queues.models, self.cfg.queue.model_workers))
+        if work:
+            consumers.append(self._consumer(self.queues.work, self.cfg.queue.workers))
+        *others, main = consumers
         if scp is not None:
             log.info("gateway %s ready on %s:%d", self.cfg.ae_title, self.cfg.listen.host, scp.port)
         else:
@@ -113,8 +124,12 @@ class Gateway:
         if ready is not None:
             ready.set()
         try:
-            consumer.run()
+            for consumer in others:
+                consumer.start()
+            main.run()  # its signal handlers, set last, are the process's
         finally:
+            for consumer in others:
+                consumer.stop(graceful=True)
             stop.set()
             if console is not None:
                 console.stop()
@@ -123,6 +138,19 @@ class Gateway:
                 self.store.set_component("scp", "stopped", time.time(), owner=self.owner)
             self._scp_obj = None
             log.info("gateway stopped")
+
+    @staticmethod
+    def _consumer(queue: Any, workers: int) -> Any:
+        return queue.create_consumer(
+            workers=workers,
+            worker_type="thread",
+            periodic=False,
+            initial_delay=0.05,
+            backoff=1.5,
+            max_delay=0.5,
+            scheduler_interval=1,
+            graceful_signal="TERM",
+        )
 
     def _console(self) -> Any:
         from gateway.console.app import create_app
@@ -199,7 +227,7 @@ class Gateway:
 def cancel(cfg: GatewayConfig, job_id: int, by: str) -> str:
     """Cancel a job for the operator ``by`` (:meth:`Pipeline.cancel`), beside a serving
     gateway like :func:`resend`. Raises KeyError for an unknown job."""
-    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg))).cancel(job_id, by)
+    return _beside(cfg).cancel(job_id, by)
 
 
 class GatewayOperations:
@@ -259,4 +287,4 @@ def resume_destination(cfg: GatewayConfig, name: str, by: str) -> str:
 
 def _beside(cfg: GatewayConfig) -> Pipeline:
     """A pipeline on the database and the queue only, to act beside a serving gateway."""
-    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_huey(cfg)))
+    return Pipeline(cfg, Store(cfg.database.url), HueyDispatcher(make_queues(cfg)))

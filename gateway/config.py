@@ -12,9 +12,9 @@ rules to models and destinations are checked against the validation context that
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -24,10 +24,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.errors import ConfigError
-from gateway.ops_policy import AlertsConfig, HttpConfig, MonitorConfig, resolve_http
+from gateway.ops_policy import (
+    AlertsConfig,
+    DatabaseConfig,
+    HttpConfig,
+    MonitorConfig,
+    QueueConfig,
+    resolve_http,
+)
+from gateway.ops_policy import (
+    invalid as _invalid,
+)
 from gateway.qa_policy import QaConfig
 from gateway.segment.registry import load_models, read_yaml
 from gateway.segment.spec import (
@@ -60,22 +69,6 @@ def _check_uid_root(value: str) -> str:
     if len(value) > 40:
         raise ValueError("UID root must be at most 40 characters to leave room for the suffix")
     return value
-
-
-def _invalid(title: str, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> ValidationError:
-    """Cross-field problems, each reported at the path of the value it is about (pydantic nests
-    a ValidationError raised in a validator under that validator's own path)."""
-    return ValidationError.from_exception_data(
-        title,
-        [
-            InitErrorDetails(
-                type=PydanticCustomError("cross_check", "{reason}", {"reason": reason}),
-                loc=loc,
-                input=None,
-            )
-            for loc, reason in problems
-        ],
-    )
 
 
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
@@ -202,29 +195,6 @@ class PathsConfig(Frozen):
     models: Path = Path("models")
     returned: Path = Path("var/returned")  # structure sets sent back (the approved ones)
     log: Path | None = None  # also log to this file (rotated), besides stderr
-
-
-class DatabaseConfig(Frozen):
-    url: str = "sqlite:///var/aircon.db"
-
-
-class QueueConfig(Frozen):
-    backend: Literal["sqlite", "redis"] = "sqlite"
-    path: Path = Path("var/queue.db")
-    url: str | None = None
-    workers: Annotated[int, Field(ge=1, le=16)] = 2
-    # A running job or delivery holds a lease this long, renewed every third of it while its
-    # process lives; when it expires, any gateway process sharing the database takes it over.
-    lease_s: Annotated[float, Field(ge=1)] = 60.0
-    # How often each process looks in the database for due study checks, expired leases and
-    # work queued by another process.
-    poll_s: Annotated[float, Field(gt=0, le=10)] = 0.25
-
-    @model_validator(mode="after")
-    def _redis_url(self) -> QueueConfig:
-        if self.backend == "redis" and not self.url:
-            raise _invalid("QueueConfig", [(("url",), "required when queue.backend is redis")])
-        return self
 
 
 class AssemblyConfig(Frozen):

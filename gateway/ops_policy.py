@@ -1,18 +1,70 @@
-"""The operators' side of the configuration: the web console (``http``), the destinations'
-echo monitor (``monitor``) and the alerts sent to people (``alerts``). Pure schema, part of
-:class:`gateway.config.GatewayConfig`."""
+"""The operators' side of the configuration: the database and the task queue (``database``,
+``queue``: embedded, or PostgreSQL and Redis when scaled out), the web console (``http``), the
+destinations' echo monitor (``monitor``) and the alerts sent to people (``alerts``). Pure schema,
+part of :class:`gateway.config.GatewayConfig`."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.segment.spec import Frozen
+
+
+def invalid(title: str, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> ValidationError:
+    """Cross-field problems, each reported at the path of the value it is about (pydantic nests
+    a ValidationError raised in a validator under that validator's own path)."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("cross_check", "{reason}", {"reason": reason}),
+                loc=loc,
+                input=None,
+            )
+            for loc, reason in problems
+        ],
+    )
+
+
+class DatabaseConfig(Frozen):
+    """The SQLAlchemy URL: ``sqlite:///var/aircon.db`` embedded, or
+    ``postgresql+psycopg://user:password@host/aircon`` for a receiver and its workers."""
+
+    url: str = "sqlite:///var/aircon.db"
+
+
+class QueueConfig(Frozen):
+    """The task queue (Huey). ``sqlite``: a file of this process (embedded); ``redis``: shared
+    by the receiver and the workers, with one queue for model work (``aircon worker``) and one
+    for the rest (study checks' jobs are dispatched there by the receiver: deliveries, QA)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    path: Path = Path("var/queue.db")
+    url: str | None = None
+    # Threads for deliveries and QA comparisons (``serve``, ``serve --role receiver``).
+    workers: Annotated[int, Field(ge=1, le=16)] = 2
+    # Jobs (models) run at once per process: 1 per GPU keeps one study's inference on it at a
+    # time, and a worker takes the next task only when it is free (prefetch 1).
+    model_workers: Annotated[int, Field(ge=1, le=8)] = 1
+    # A running job or delivery holds a lease this long, renewed every third of it while its
+    # process lives; when it expires, any gateway process sharing the database takes it over.
+    lease_s: Annotated[float, Field(ge=1)] = 60.0
+    # How often each process looks in the database for due study checks, expired leases and
+    # work queued by another process.
+    poll_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> QueueConfig:
+        if self.backend == "redis" and not self.url:
+            raise invalid("QueueConfig", [(("url",), "required when queue.backend is redis")])
+        return self
 
 
 class HttpTls(Frozen):

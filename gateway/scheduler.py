@@ -31,6 +31,8 @@ from gateway.db.records import JobState
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+# A step still queued in the database is handed to the queue again at most this far apart.
+HAND_AGAIN_MAX_S = 60.0
 
 
 def new_owner() -> str:
@@ -72,7 +74,12 @@ class Scheduler:
         lease_s: float,
         pickup_after_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        checks: bool = True,
+        work: bool = True,
     ):
+        """``checks``: run the due study checks (the receiver); ``work``: hand deliveries and
+        QA comparisons to the queue (the receiver; a GPU worker only renews, gives back and
+        hands jobs)."""
         self.store = store
         self.check_study = check_study
         self.dispatch = dispatch
@@ -81,8 +88,11 @@ class Scheduler:
         self.lease_s = lease_s
         self.pickup_after_s = pickup_after_s
         self.clock = clock
+        self.checks = checks
+        self.work = work
         self._renewed = 0.0
-        self._handed: dict[tuple[str, int | str], float] = {}
+        # key -> (next hand-over, times handed)
+        self._handed: dict[tuple[str, int | str], tuple[float, int]] = {}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_s):
@@ -93,7 +103,7 @@ class Scheduler:
 
     def tick(self) -> None:
         now = self.clock()
-        for study_uid, seen in self.store.due_checks(now):
+        for study_uid, seen in self.store.due_checks(now) if self.checks else ():
             if self.store.claim_recheck(study_uid, seen):
                 try:
                     self.check_study(study_uid)
@@ -114,6 +124,8 @@ class Scheduler:
         for job in self.store.jobs_in(JobState.QUEUED):
             if self._hand(("job", job.id), now):
                 self.dispatch.run_job(job.id)
+        if not self.work:
+            return
         for d in self.store.due_deliveries(now - self.pickup_after_s):
             if self._hand(("delivery", d.id), now):
                 self.dispatch.deliver(d.id)
@@ -122,10 +134,16 @@ class Scheduler:
                 self.dispatch.compare(uid)
 
     def _hand(self, key: tuple[str, int | str], now: float) -> bool:
-        first_seen = self._handed.setdefault(key, now)
-        if now - first_seen < self.pickup_after_s:
+        """Whether to hand ``key`` to the queue now: once it has waited ``pickup_after_s``,
+        then again after twice as long each time (at most every ``HAND_AGAIN_MAX_S``). The
+        database cannot see whether the queue still holds a task (a busy worker's queue holds
+        it for as long as inference takes), so a hand-over may duplicate a task, which the
+        claims make a no-op; the growing interval keeps such duplicates to a few per step."""
+        due, handed = self._handed.setdefault(key, (now + self.pickup_after_s, 0))
+        if now < due:
             return False
-        self._handed[key] = now  # hand it again only after another pickup_after_s
-        if len(self._handed) > 10000:
-            self._handed = {k: t for k, t in self._handed.items() if now - t < 60}
+        wait = min(self.pickup_after_s * 2 ** (handed + 1), HAND_AGAIN_MAX_S)
+        self._handed[key] = (now + wait, handed + 1)
+        if len(self._handed) > 10000:  # forget steps not seen for a while (done long ago)
+            self._handed = {k: v for k, v in self._handed.items() if v[0] > now - 600}
         return True

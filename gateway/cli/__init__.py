@@ -129,14 +129,17 @@ def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 def cmd_serve(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
 
-    Gateway(cfg).serve()
+    Gateway(cfg).serve(role=args.role)
     return 0
 
 
 def cmd_worker(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
 
-    Gateway(cfg).serve(listen=False)
+    if args.device:
+        segmentation = cfg.segmentation.model_copy(update={"device": args.device})
+        cfg = cfg.model_copy(update={"segmentation": segmentation})
+    Gateway(cfg).serve(role="worker")
     return 0
 
 
@@ -293,6 +296,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aircon", description="AIRCON DICOM auto-contouring gateway")
     p.add_argument(
@@ -300,10 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the Storage SCP and the workers")
-    sub.add_parser(
+    sv = sub.add_parser("serve", help="run the Storage SCP and the workers")
+    sv.add_argument(
+        "--role",
+        choices=("all", "receiver"),
+        default="all",
+        help="all: everything in one process (default); receiver: the Storage SCP, study "
+        "checks, deliveries, QA and the console, with the models in `aircon worker` processes",
+    )
+    w = sub.add_parser(
         "worker",
-        help="run jobs and deliveries from the shared database, without the Storage SCP",
+        help="run the models: take jobs from the shared queue and database (one per GPU)",
+    )
+    w.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda or cuda:N (overrides segmentation.device; or pin with "
+        "CUDA_VISIBLE_DEVICES)",
     )
     sub.add_parser("check-config", help="validate config.yaml and the models")
     e = sub.add_parser("echo", help="C-ECHO a peer (destination name or AE@host:port)")

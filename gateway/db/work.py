@@ -151,8 +151,19 @@ class WorkQueries:
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def claim_job(self, job_id: int, owner: str, now: float, lease_s: float) -> bool:
-        """QUEUED -> RUNNING under a lease held by ``owner``; False if not queued."""
+        """QUEUED -> RUNNING under a lease held by ``owner``; False if not queued.
+
+        On PostgreSQL the row is locked first (``FOR UPDATE SKIP LOCKED``): a worker whose
+        duplicate task reaches a job another worker is claiming moves on at once instead of
+        waiting for that transaction; the conditional UPDATE decides on both databases."""
         with self.session() as s:
+            free = s.scalar(
+                select(JobRow.id)
+                .where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
+                .with_for_update(skip_locked=True)
+            )
+            if free is None:
+                return False
             res = s.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
@@ -273,8 +284,12 @@ def _reclaim(
     ``back`` (their ``key`` column: ``table.id`` unless given)."""
     key = table.id if key is None else key
     taken = []
+    # Rows another process is giving back right now are skipped (PostgreSQL row locks; SQLite
+    # serialises writers anyway): each is given back once.
     rows = s.execute(
-        select(key, table.lease_owner, table.lease_expires_at).where(table.state == busy.value)
+        select(key, table.lease_owner, table.lease_expires_at)
+        .where(table.state == busy.value)
+        .with_for_update(skip_locked=True)
     ).all()
     for row_id, owner, expires in rows:
         if owner and expires is not None and expires >= now and not is_dead(owner):

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -132,8 +132,15 @@ class Gateway:
     plain port: the listener is bound after the spool and the database were recovered.
     """
 
-    def __init__(self, config_path: Path, *, calling_ae: str = "STORESCU"):
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        calling_ae: str = "STORESCU",
+        command: Sequence[str] = ("serve",),
+    ):
         self.config_path = config_path
+        self.command = tuple(command)  # e.g. ("serve", "--role", "receiver")
         self.work = config_path.parent
         self.calling_ae = calling_ae
         self.log_path = self.work / "gateway.log"
@@ -181,7 +188,7 @@ class Gateway:
         self.port = cfg.listen.port
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "-c", str(self.config_path), "serve"],
+                [sys.executable, "-m", "gateway", "-c", str(self.config_path), *self.command],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.work,

@@ -55,16 +55,24 @@ def check_output(spec: ModelSpec, seg: Any, shape: tuple[int, ...]) -> np.ndarra
 
 
 def resolve_device(cfg: SegmentationConfig) -> str:
-    """``cuda`` or ``cpu`` for ``cfg.device``; ``auto`` asks torch when it is installed."""
+    """``cuda``, ``cuda:N`` or ``cpu`` for ``cfg.device``; ``auto`` asks torch when it is
+    installed. ``cuda:N`` must name a device this process sees."""
     want = cfg.device
     if want == "cpu":
         return "cpu"
     try:
         import torch
 
-        available = bool(torch.cuda.is_available())
+        count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     except ImportError:
-        available = False
-    if want == "cuda" and not available:
-        raise ModelError("segmentation.device is 'cuda' but no CUDA device is available")
-    return "cuda" if available else "cpu"
+        count = 0
+    if want.startswith("cuda") and not count:
+        raise ModelError(f"segmentation.device is {want!r} but no CUDA device is available")
+    index = want.partition(":")[2]
+    if index and int(index) >= count:
+        raise ModelError(
+            f"segmentation.device is {want!r} but this process sees {count} CUDA device(s)"
+        )
+    if want.startswith("cuda"):
+        return want
+    return "cuda" if count else "cpu"

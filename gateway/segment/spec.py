@@ -292,7 +292,9 @@ class ModelSpec(Frozen):
 class SegmentationConfig(Frozen):
     """How models run on this node (``segmentation:`` in config.yaml)."""
 
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # ``cuda:N`` pins one GPU by index (a worker per GPU); CUDA_VISIBLE_DEVICES does the same
+    # from outside, and then the worker's one visible GPU is ``cuda``.
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
     threads: Annotated[int, Field(ge=1)] = 2
 
 

@@ -11,7 +11,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.db.database import Store
 from gateway.db.records import InstanceRecord, JobState
-from gateway.queue import make_huey
+from gateway.queue import make_queues
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_resend_queues_the_job_without_building_a_gateway(
     assert f"job {job.id}: queued to run again" in capsys.readouterr().out
     again = store.job(job.id)
     assert again is not None and again.state == JobState.QUEUED.value
-    assert make_huey(cfg).pending_count() == 1  # for the running gateway's workers
+    assert make_queues(cfg).models.pending_count() == 1  # for the running gateway's workers
     assert not cfg.paths.spool.exists() and not cfg.paths.output.exists()
 
     assert main(["-c", str(config), "resend", "999"]) == 1
