@@ -7,9 +7,10 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_SPEC="torch torchvision"
 # The TAPS model's runtime: taps-gpu (onnxruntime-gpu) or taps (CPU onnxruntime).
 ARG TAPS_EXTRA="taps-gpu"
-# rt-utils needs OpenCV, which needs libGL and glib.
+# rt-utils needs OpenCV, which needs libGL and glib; openssl makes the console's first,
+# self-signed certificate (docker-compose.yml, service console-cert).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 dcmtk \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 dcmtk openssl \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/aircon
@@ -22,7 +23,10 @@ RUN pip install --no-cache-dir ${TORCH_SPEC} ".[${TAPS_EXTRA}]" \
 
 COPY models ./models
 COPY config.yaml ./config.yaml
-RUN mkdir -p /opt/aircon/var && chown aircon /opt/aircon/var
+# Mount points owned by aircon, so that a new named volume mounted on one is writable (Docker
+# copies the image folder's owner into an empty volume).
+RUN mkdir -p /opt/aircon/var/spool /opt/aircon/var/rtstruct /etc/aircon/tls \
+ && chown -R aircon /opt/aircon/var /etc/aircon/tls
 USER aircon
 EXPOSE 11112
 HEALTHCHECK --interval=60s --timeout=15s CMD echoscu -aet ECHOSCU -aec AIRCON 127.0.0.1 11112 || exit 1

@@ -2,7 +2,8 @@
 # Install AIRCON on a fresh Debian/Ubuntu machine: system packages, then a virtual environment
 # in .venv with a CPU build of PyTorch.
 #   scripts/install.sh          the gateway and its models (demo included)
-#   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools, Chromium)
+#   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools, Chromium,
+#                               docker-compose: `docker-compose config` checks docker-compose.yml)
 # On a GPU machine set TORCH_SPEC="torch torchvision" (CUDA build from PyPI) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ dev=0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 pkgs="python3-venv libgl1 libglib2.0-0"
-[ $dev = 1 ] && pkgs="$pkgs dcmtk orthanc dicom3tools iproute2 util-linux chromium chromium-driver prometheus redis-server postgresql"
+[ $dev = 1 ] && pkgs="$pkgs dcmtk orthanc dicom3tools iproute2 util-linux chromium chromium-driver prometheus redis-server postgresql docker-compose"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
