@@ -3,6 +3,7 @@
 # in .venv with a CPU build of PyTorch.
 #   scripts/install.sh          the gateway and its models (demo included)
 #   scripts/install.sh --dev    plus the test tools (pytest, dcmtk, Orthanc, dicom3tools, Chromium,
+#                               Prometheus, Redis and PostgreSQL for the scale-out tests,
 #                               docker-compose: `docker-compose config` checks docker-compose.yml)
 # On a GPU machine set TORCH_SPEC="torch torchvision" (CUDA build from PyPI) instead.
 set -euo pipefail
