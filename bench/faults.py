@@ -19,6 +19,13 @@ at another instance than it names, also fails: listed, not tallied. Failed trial
 work folder (gateway.log, aircon.db, spool); the exit status is 1 when any trial failed.
 A fifth of the trials run the real nnU-Net model (``--nnunet``), the others a quick python model.
 Run: ``python bench/faults.py [--trials 50] [--seed S] [--nnunet 0.2]`` (~15 min on 2 cores).
+
+``--distributed``: the same counts for the scaled-out gateway (``tests/faults/distributed.py``):
+each trial starts ``aircon serve --role receiver`` and two ``aircon worker`` processes on a
+private PostgreSQL and Redis, sends one to three studies and kills a worker mid-inference or at
+a random time, the receiver (after the n-th acknowledged instance, at one of its crash points,
+or at a random time), a worker at its crash point, or restarts Redis. Run:
+``python bench/faults.py --distributed --trials 20`` (~20 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -55,7 +62,14 @@ def main() -> int:
         help="share of trials that run the real nnU-Net model pelvis-demo (its load takes ~20 s"
         " per start on 2 cores); the others run the harness's quick python model",
     )
+    ap.add_argument(
+        "--distributed",
+        action="store_true",
+        help="receiver + two workers on PostgreSQL and Redis (tests/faults/distributed.py)",
+    )
     args = ap.parse_args()
+    if args.distributed:
+        return distributed(args)
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
     root = args.work or Path(tempfile.mkdtemp(prefix="aircon-faults-"))
@@ -88,6 +102,43 @@ def main() -> int:
         print(f"[{i}/{args.trials}] ({model}{extra}) {result.report()}", flush=True)
         if not result.ok:
             failed.append(result)
+    print(f"{args.trials} trials in {time.monotonic() - t0:.0f} s; seed {seed}")
+    for result in failed:
+        print(f"failed: {result.line()}  ({result.work})")
+    if not failed and args.work is None:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"trials={args.trials} lost={lost} duplicated={duplicated} undelivered={undelivered}")
+    return 1 if failed else 0
+
+
+def distributed(args: argparse.Namespace) -> int:
+    from tests.faults.distributed import DistributedHarness, random_cluster_fault
+    from tests.services import PostgresServer, RedisServer
+
+    seed = args.seed if args.seed is not None else int(time.time())
+    rng = random.Random(seed)
+    root = args.work or Path(tempfile.mkdtemp(prefix="aircon-faults-dist-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"seed {seed}; work {root}; receiver + 2 workers on PostgreSQL and Redis", flush=True)
+    postgres, redis = PostgresServer().start(), RedisServer().start()
+    lost = duplicated = undelivered = 0
+    failed = []
+    t0 = time.monotonic()
+    try:
+        harness = DistributedHarness(root, write_template(root / "template"), postgres, redis)
+        for i in range(1, args.trials + 1):
+            studies = rng.choice((1, 2, 3))
+            fault = random_cluster_fault(rng, studies)
+            result = harness.run_cluster(f"trial{i:03d}", fault, studies, keep=False)
+            lost += len(result.lost)
+            duplicated += len(result.duplicated)
+            undelivered += len(result.undelivered)
+            print(f"[{i}/{args.trials}] {result.report()}", flush=True)
+            if not result.ok:
+                failed.append(result)
+    finally:
+        postgres.stop()
+        redis.stop()
     print(f"{args.trials} trials in {time.monotonic() - t0:.0f} s; seed {seed}")
     for result in failed:
         print(f"failed: {result.line()}  ({result.work})")

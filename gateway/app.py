@@ -25,16 +25,24 @@ log = logging.getLogger(__name__)
 Role = Literal["all", "receiver", "worker"]
 
 
+# How long ``aircon worker`` waits at start for the receiver to migrate the database.
+WORKER_SCHEMA_WAIT_S = 300.0
+
+
 class Gateway:
-    def __init__(self, cfg: GatewayConfig):
+    def __init__(self, cfg: GatewayConfig, role: Role = "all"):
+        """``role``: see :meth:`serve`; a worker never migrates the database (the receiver or
+        ``aircon serve`` does) but waits for it."""
         self.cfg = cfg
+        self.role = role
         cfg.paths.spool.mkdir(parents=True, exist_ok=True)
         cfg.paths.output.mkdir(parents=True, exist_ok=True)
         if cfg.database.url.startswith("sqlite:///"):
             Path(cfg.database.url.removeprefix("sqlite:///")).parent.mkdir(
                 parents=True, exist_ok=True
             )
-        self.store = Store(cfg.database.url)
+        wait = WORKER_SCHEMA_WAIT_S if role == "worker" else None
+        self.store = Store(cfg.database.url, migrate_wait_s=wait)
         self.queues = make_queues(cfg)
         self.dispatcher = HueyDispatcher(self.queues)
         self.owner = new_owner()
@@ -60,8 +68,8 @@ class Gateway:
             self._echo_monitor = EchoMonitor(self.cfg, self.store, self.cfg.ae_title)
         return self._echo_monitor
 
-    def serve(self, ready: threading.Event | None = None, role: Role = "all") -> None:
-        """Run this process's part until SIGINT/SIGTERM (blocks; main thread).
+    def serve(self, ready: threading.Event | None = None) -> None:
+        """Run this process's part (its ``role``) until SIGINT/SIGTERM (blocks; main thread).
 
         ``all`` (``aircon serve``): everything in one process. ``receiver`` (``aircon serve
         --role receiver``): the Storage SCP, study checks, deliveries, QA, the console and the
@@ -69,6 +77,7 @@ class Gateway:
         the shared queue and the database (with an embedded SQLite queue, which no other
         process reads, it also sends its own deliveries). SIGTERM stops gracefully: the steps
         running (an inference) finish first, their leases renewed meanwhile."""
+        role = self.role
         listen = role != "worker"
         models = role != "receiver"
         work = role != "worker" or self.cfg.queue.backend == "sqlite"

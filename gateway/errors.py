@@ -4,6 +4,7 @@
 
     GatewayError                      anything the gateway raises on purpose
     ├── ConfigError                   config.yaml or a model.yaml is invalid (carries every problem)
+    ├── SchemaNotReady                a worker found the database at another release's schema
     ├── RetriableError                the queue tries again later, with backoff
     │   ├── PeerUnavailable           association refused/aborted, connection refused, timeout
     │   ├── PeerBusy                  the peer answered with a transient failure status (0xA7xx)
@@ -31,6 +32,11 @@ class ConfigError(GatewayError):
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("; ".join(f"{p}: {r}" for p, r in problems))
+
+
+class SchemaNotReady(GatewayError):
+    """The database is not at this release's schema, and this process (a worker) does not
+    migrate it: the receiver of this release does."""
 
 
 class RetriableError(GatewayError):

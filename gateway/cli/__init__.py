@@ -129,7 +129,7 @@ def cmd_check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 def cmd_serve(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
 
-    Gateway(cfg).serve(role=args.role)
+    Gateway(cfg, role=args.role).serve()
     return 0
 
 
@@ -139,7 +139,7 @@ def cmd_worker(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     if args.device:
         segmentation = cfg.segmentation.model_copy(update={"device": args.device})
         cfg = cfg.model_copy(update={"segmentation": segmentation})
-    Gateway(cfg).serve(role="worker")
+    Gateway(cfg, role="worker").serve()
     return 0
 
 

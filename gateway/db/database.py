@@ -60,11 +60,18 @@ class Store(
 ):
     """All database access of the gateway."""
 
-    def __init__(self, url: str):
-        self.engine: Engine = create_engine(url, future=True)
+    def __init__(self, url: str, *, migrate_wait_s: float | None = None):
+        """Open the database and bring it to this release's schema; with ``migrate_wait_s``
+        (an ``aircon worker``) do not migrate but wait that long for another process to."""
+        # A database server may restart under a long-running process: test pooled connections.
+        pre_ping = not url.startswith("sqlite")
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=pre_ping)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrate.upgrade(self.engine)
+        if migrate_wait_s is None:
+            migrate.upgrade(self.engine)
+        else:
+            migrate.wait_for_head(self.engine, migrate_wait_s)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

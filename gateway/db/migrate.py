@@ -28,6 +28,8 @@ from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from gateway.errors import SchemaNotReady
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -70,6 +72,31 @@ def upgrade(engine: Engine) -> None:
     finally:
         if migrator is not engine:
             migrator.dispose()
+
+
+def wait_for_head(engine: Engine, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait until another process (the receiver) has brought the database to this release's
+    schema; raise :class:`SchemaNotReady` after ``timeout_s``. Workers never migrate: a worker of
+    an older release must not race a newer receiver's migration, nor a newer worker start one."""
+    import time
+
+    target = head()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with engine.connect() as conn:
+                found = current(conn)
+        except Exception as exc:  # noqa: BLE001 - the database server may still be starting
+            found = f"unreachable ({type(exc).__name__})"
+        if found == target:
+            return
+        if time.monotonic() >= deadline:
+            raise SchemaNotReady(
+                f"database schema is {found or 'empty'}, this release needs {target}: start "
+                "the receiver (aircon serve --role receiver) of this release first; it migrates"
+            )
+        log.info("waiting for the receiver to migrate the database (%s -> %s)", found, target)
+        time.sleep(poll_s)
 
 
 def _upgrade_locked(conn: Connection, target: str) -> None:
