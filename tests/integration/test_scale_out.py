@@ -175,3 +175,29 @@ def test_a_killed_receiver_and_a_restarted_redis_lose_nothing(
         assert sent <= spooled  # every acknowledged instance kept
     finally:
         cluster.stop()
+
+
+def test_a_worker_stopped_with_sigterm_finishes_its_inference_first(
+    cluster_parts: dict[str, Any], orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """docker stop (SIGTERM): the running job is not abandoned to its lease."""
+    cluster = Cluster(**cluster_parts, model_seconds=6.0, lease_s=30.0).start()
+    try:
+        store = cluster.store()
+        studies = _studies(tmp_path, 1)
+        _send_concurrently(cluster, studies, senders=1)
+
+        def running() -> Any:
+            return next((j for j in store.list_jobs() if j.state == JobState.RUNNING.value), None)
+
+        job = wait_for(running, 120, interval=0.1, what="a job to run")
+        holder = next(w for w in cluster.workers if f":{w.pid}:" in (job.lease_owner or ""))
+        assert holder.proc is not None
+        holder.proc.terminate()
+        assert holder.proc.wait(60) == 0
+        assert re.search(rf"job {job.id} study \S+: RTSTRUCT \S+ built", holder.log())
+        jobs = _settled(cluster, studies, timeout=60)
+        assert store.job(job.id).attempts == 1  # finished by the worker that was stopping
+        _assert_delivered_once(orthanc, cluster, jobs)
+    finally:
+        cluster.stop()
