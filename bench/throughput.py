@@ -20,8 +20,13 @@ the machine. Two workers can at best use both cores for inference, and only whil
 runs. The bench prints the CPU seconds each process used during the timed window
 (``/proc/<pid>/stat``: utime + stime of the process and its children) and the machine's busy
 CPU seconds (``/proc/stat``), so the ceiling ``2 cores / CPU seconds per study`` can be set
-against the rate measured. On a GPU host the workers' inference leaves the CPU, and the ratio
-is bounded by the GPUs and by the receiver instead.
+against the rate measured. The window also holds what a second worker does not shorten: the
+sending itself (the receiver takes every instance on the same cores, CPU-bound) and the last
+study's quiet time (``series_quiet_s`` 2 s). On the small phantom (96 x 96 x 24) nnU-Net's
+inference is well under a second a job, so a worker's share per study (read, infer, build the
+RTSTRUCT) is of the order of the receiver's, and the second worker mostly shortens the tail
+after the last instance is sent. On a GPU host the workers' inference leaves the CPU, and the
+ratio is bounded by the GPUs and by the receiver instead.
 
 Run: ``python bench/throughput.py [--studies 20] [--model nnunet|quick] [--threads 1]``.
 """
@@ -99,7 +104,8 @@ def _one(
         rate = len(studies) / wall * 60
         print(
             f"{label}: {len(studies)} studies in {wall:.1f} s (first instance sent -> last "
-            f"RTSTRUCT received; sending took {sent_s:.1f} s) = {rate:.1f} studies/min"
+            f"RTSTRUCT received) = {rate:.1f} studies/min; sending took {sent_s:.1f} s, "
+            f"then {wall - sent_s:.1f} s to the last RTSTRUCT"
         )
         spans = [stage_timings(j.stages) for j in run.jobs(studies)]
         med = {

@@ -140,6 +140,14 @@ def main() -> int:
         f"RSS after study {BASELINE}: {_mib(base)}; after it: min {_mib(min(after))}, "
         f"max {_mib(max(after))}, last {_mib(after[-1])} ({time.monotonic() - t0:.0f} s in all)"
     )
+    half = len(after) // 2
+    first, second = after[:half], after[half:]
+    trend = (sum(second) / len(second)) / (sum(first) / len(first)) * 100 - 100
+    print(
+        f"mean RSS, studies {BASELINE + 1}-{BASELINE + half} vs "
+        f"{BASELINE + half + 1}-{len(studies)}: {_mib(sum(first) // len(first))} vs "
+        f"{_mib(sum(second) // len(second))} ({trend:+.1f} %: a leak grows here)"
+    )
     within = abs(drift) <= GOAL
     print(f"rss drift after first {BASELINE}: {drift:+.1f} %")
     print(f"within +-{GOAL:.0f} %: {'yes' if within else 'NO'}")
