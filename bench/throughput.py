@@ -10,8 +10,8 @@ end with one job, done and run once, and exactly one RTSTRUCT at the node (else 
 
 The model is the bundled nnU-Net ``pelvis-demo`` (what bounds a GPU worker), with
 ``segmentation.threads`` 1 per worker by default; ``--model quick`` runs the test harness's
-python model (a threshold after ``--model-seconds`` of sleep: no CPU, so two workers get close
-to 2x unless the receiver is the bottleneck).
+python model (a threshold after ``--model-seconds`` of sleep: little CPU, so the ratio shows
+the queue, the receiver and the quiet time rather than the cores).
 
 What bounds the ratio on 2 cores: a worker's nnU-Net inference is CPU work (one thread each),
 and the receiver (association threads, assembly, study checks, RTSTRUCT deliveries),
