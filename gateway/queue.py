@@ -15,6 +15,7 @@ from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 
 from gateway.config import GatewayConfig
+from gateway.queue_wakeup import WakingSqliteStorage
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,13 @@ def make_huey(cfg: GatewayConfig) -> Huey:
     if cfg.queue.backend == "redis":
         return RedisHuey("aircon", url=cfg.queue.url, results=False, utc=True)
     cfg.queue.path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("aircon", filename=str(cfg.queue.path), results=False, utc=True)
+    return SqliteHuey(
+        "aircon",
+        filename=str(cfg.queue.path),
+        results=False,
+        utc=True,
+        storage_class=WakingSqliteStorage,  # workers wake on an in-process enqueue, no polling
+    )
 
 
 class HueyDispatcher:
