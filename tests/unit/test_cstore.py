@@ -222,3 +222,40 @@ def test_pynetdicom_is_the_version_the_hold_was_written_for() -> None:
     import pynetdicom
 
     assert pynetdicom.__version__.startswith("3.0."), "re-check gateway/dicom/cstore.py"
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "sop_class", "data", "max_pdu"),
+    [
+        (1, MRImageStorage, b"x" * 50_000, 16_384),  # several data fragments
+        (65_535, RTStructureSetStorage, b"ab" * 7, 0),  # unlimited PDU: one of each
+        (7, "1.2", b"y" * 301, 100),  # the command set itself split
+    ],
+)
+def test_the_c_store_request_is_encoded_as_pynetdicom_encodes_it(
+    msg_id: int, sop_class: str, data: bytes, max_pdu: int
+) -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"  # odd length: padded
+    req.Priority = 2
+    req.DataSet = BytesIO(data)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    theirs = [p.presentation_data_value_list for p in msg.encode_msg(3, max_pdu)]
+    command = cstore.c_store_rq(msg_id, sop_class, "1.2.826.0.1.3680043.8.498.1")
+    ours = [p.presentation_data_value_list for p in cstore.p_data(3, command, data, max_pdu)]
+    assert ours == theirs
+
+
+def test_a_uid_that_cannot_go_on_the_wire_is_rejected() -> None:
+    with pytest.raises(DeliveryRejected, match="not a UID"):
+        cstore.c_store_rq(1, MRImageStorage, "1.2." + "9" * 70)
+    with pytest.raises(DeliveryRejected, match="not a UID"):
+        cstore.c_store_rq(1, MRImageStorage, "1.2.\u00e9")
