@@ -8,12 +8,15 @@ merged) over C-STORE, and prints
 
 where model time is the job's segment stage (both models' predictions); reading the series and
 resampling the Dixon water onto the T2 grid (stage ``volume``) and the merge count as overhead.
-Run: ``python bench/e2e.py``.
+Then ``bench/send.py``: the send path (``aircon send``) vs dcmtk's storescu on ProstateX. Ends
+with the lines ``overhead: N.NN s`` and ``send ratio vs storescu: N.NNx``.
+Run: ``python bench/e2e.py [--send-rounds 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from gateway.demo.launcher import Gateway, free_port, write_config  # noqa: E402
 from gateway.demo.node import ReceivingNode  # noqa: E402
@@ -32,6 +36,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quiet-s", type=float, default=2.0, help="series_quiet_s for the run")
+    ap.add_argument("--send-rounds", type=int, default=5, help="bench/send.py rounds (0: none)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aircon-bench-"))
     node = ReceivingNode(work / "planning", port=free_port())
@@ -75,13 +80,24 @@ def main() -> int:
                 )
                 if r:
                     results.append(overhead)
-            print(
-                f"median overhead over {len(results)} warm rounds: "
-                f"{sorted(results)[len(results) // 2]:.2f} s"
-            )
+            overhead = sorted(results)[len(results) // 2]
+            print(f"median overhead over {len(results)} warm rounds: {overhead:.2f} s")
         finally:
             node.stop()
+    ratio = send_ratio(args.send_rounds)
+    print(f"overhead: {overhead:.2f} s (goal <= 0.3 s)")
+    print(f"send ratio vs storescu: {ratio} (goal >= 0.5x)")
     return 0
+
+
+def send_ratio(rounds: int) -> str:
+    import send
+
+    if rounds <= 0:
+        return "not measured"
+    if not (shutil.which("storescu") and shutil.which("storescp") and send.PROSTATEX.is_dir()):
+        return "not measured (dcmtk or the ProstateX study missing)"
+    return f"{send.compare(send.PROSTATEX, rounds):.2f}x"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 
 from gateway.config import GatewayConfig
+from gateway.queue_wakeup import WakingSqliteStorage
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,14 @@ def make_queues(cfg: GatewayConfig) -> Queues:
     cfg.queue.path.parent.mkdir(parents=True, exist_ok=True)
     return Queues(
         *(
-            SqliteHuey(name, filename=str(cfg.queue.path), results=False, utc=True)
+            # workers wake on an in-process enqueue, no polling
+            SqliteHuey(
+                name,
+                filename=str(cfg.queue.path),
+                results=False,
+                utc=True,
+                storage_class=WakingSqliteStorage,
+            )
             for name in (MODELS, WORK)
         )
     )

@@ -1,10 +1,10 @@
 """The scheduler: each gateway process's one loop over the database.
 
-Every ``queue.poll_s`` it
+Every ``queue.poll_s``, and at the moment the next study check falls due, it
 
 * runs the study checks that are due (``studies.recheck_at``: the one readiness timer, fed by
-  reception events and by assembly's own "look again at" times), each claimed first so that
-  one process runs it;
+  reception events and by assembly's own "look again at" times, such as a series' quiet
+  deadline), each claimed first so that one process runs it;
 * renews the leases of the jobs and deliveries this process is working on;
 * queues again the jobs and deliveries whose lease expired or whose owner died (another
   process, or this one before a restart), and hands this process's queue the work that is
@@ -12,6 +12,10 @@ Every ``queue.poll_s`` it
 
 The task queue stays the fast path; this loop is what makes the database, not the queue, the
 truth: nothing that is in the database as to-do can be lost with a queue or a process.
+
+The loop sleeps until the earliest of the next due check (read after each pass) and
+``poll_s``; :meth:`Scheduler.wake` cuts the sleep short when this process scheduled a check
+that may be due sooner. A check scheduled by another process is seen within ``poll_s``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # A step still queued in the database is handed to the queue again at most this far apart.
 HAND_AGAIN_MAX_S = 60.0
+MIN_WAIT_S = 0.01
 
 
 def new_owner() -> str:
@@ -93,13 +98,36 @@ class Scheduler:
         self._renewed = 0.0
         # key -> (next hand-over, times handed)
         self._handed: dict[tuple[str, int | str], tuple[float, int]] = {}
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Look at the due checks now (e.g. this process just scheduled one); thread-safe."""
+        self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.poll_s):
+        wait = 0.0
+        while True:
+            self._wake.wait(wait)
+            self._wake.clear()
+            if stop.is_set():
+                return
             try:
                 self.tick()
+                wait = self.next_wait()
             except Exception:  # the loop must survive a locked or briefly unavailable database
                 log.exception("scheduler pass failed; trying again")
+                wait = self.poll_s
+
+    def next_wait(self) -> float:
+        """Seconds until the next pass: the next study check's due time, at most ``poll_s``."""
+        now = self.clock()
+        if not self.checks:
+            return self.poll_s
+        upcoming = self.store.due_checks(now + self.poll_s, limit=1)
+        if not upcoming:
+            return self.poll_s
+        # A floor: a check that keeps falling due in the past must not spin the database.
+        return min(self.poll_s, max(MIN_WAIT_S, upcoming[0][1] - now))
 
     def tick(self) -> None:
         now = self.clock()

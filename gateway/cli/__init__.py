@@ -179,6 +179,7 @@ def cmd_send(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             files,
             timeout=args.timeout,
             progress=lambda n: bar.update(1),
+            lost_retries=2,  # resending is idempotent: the same SOP Instance UIDs
         )
     print(f"sent {len(statuses)} instance(s) to {dest.ae_title}@{dest.host}:{dest.port}")
     return 0

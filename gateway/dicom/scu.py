@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.status import code_to_category
 
 from gateway.config import DestinationConfig
+from gateway.dicom import cstore
 from gateway.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE, VERIFICATION_SOP_CLASS
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DeliveryRejected, PeerBusy, PeerUnavailable
@@ -93,22 +93,50 @@ def store(
     timeout: float = 30.0,
     progress: Callable[[int], None] | None = None,
     before_send: Callable[[], None] | None = None,
+    lost_retries: int = 0,
 ) -> list[int]:
     """C-STORE ``files`` over one association; return the status of each.
 
-    Raises PeerUnavailable when no association could be made or it broke, PeerBusy or
-    DeliveryRejected on the first failure status (as classified by :func:`classify`).
+    A file goes out as its encoded bytes (see :mod:`gateway.dicom.cstore`); a Dataset, or a
+    file the peer takes only in another transfer syntax, is encoded for the accepted one.
+    Raises PeerUnavailable when no association could be made or it broke (LostResponse when
+    an answer did not come back), PeerBusy or DeliveryRejected on the first failure status
+    (as classified by :func:`classify`). With ``lost_retries``, what a lost answer left
+    unacknowledged goes again over a new association, that many times at most: resending is
+    safe, the instances keep their SOP Instance UIDs.
     """
-    # Headers only to negotiate contexts; each file is read again when it is sent.
-    headers = [f if isinstance(f, Dataset) else dcmread(f, stop_before_pixels=True) for f in files]
+    items = [cstore.prepare(f) for f in files]
+    statuses: list[int] = []
+    for attempt in range(lost_retries + 1):
+        try:
+            _store_items(
+                dest, calling_ae, items[len(statuses) :], statuses, timeout, progress, before_send
+            )
+            break
+        except cstore.LostResponse:
+            if attempt == lost_retries:
+                raise
+            log.warning(
+                "%s: no answer to instance %d of %d; sending the rest again",
+                dest.ae_title,
+                len(statuses) + 1,
+                len(items),
+            )
+    return statuses
+
+
+def _store_items(
+    dest: DestinationConfig,
+    calling_ae: str,
+    items: Sequence[cstore.Outgoing],
+    statuses: list[int],
+    timeout: float,
+    progress: Callable[[int], None] | None,
+    before_send: Callable[[], None] | None,
+) -> None:
     ae = _ae(calling_ae, timeout)
-    contexts = sorted(
-        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in headers}
-    )
-    if len(contexts) > 128:
-        raise DeliveryRejected("more than 128 presentation contexts in one send")
-    for sop_class, ts in contexts:
-        ae.add_requested_context(sop_class, [ts])
+    for sop_class, syntaxes in cstore.contexts(items):
+        ae.add_requested_context(sop_class, syntaxes)
     try:
         assoc = _associate(ae, dest)
     except (OSError, ValueError) as exc:  # TLS set-up: unreadable certificate or key
@@ -118,22 +146,22 @@ def store(
             f"{dest.ae_title}@{dest.host}:{dest.port}: "
             + ("association rejected" if assoc.is_rejected else "association failed")
         )
-    statuses = []
+
+    def answered(n: int, code: int) -> None:
+        err = classify(code)
+        if err is not None:
+            raise err(f"{dest.ae_title} answered 0x{code:04X} ({code_to_category(code)})")
+        statuses.append(code)
+        if progress:
+            progress(len(statuses))
+
     try:
+        cstore.tune_for_sending(assoc)
         if before_send is not None:
             before_send()
-        for n, item in enumerate(files, 1):
-            rsp = assoc.send_c_store(item)  # a path is sent as encoded, without decoding
-            code = getattr(rsp, "Status", None)
-            if code is None:
-                raise PeerUnavailable(f"{dest.ae_title}: no C-STORE response (connection lost?)")
-            err = classify(code)
-            if err is not None:
-                raise err(f"{dest.ae_title} answered 0x{code:04X} ({code_to_category(code)})")
-            statuses.append(code)
-            if progress:
-                progress(n)
+        cstore.send_all(assoc, items, answered)
+    except cstore.LostResponse as exc:
+        raise cstore.LostResponse(f"{dest.ae_title}: {exc}", exc.acknowledged) from exc
     finally:
         if assoc.is_established:
             assoc.release()
-    return statuses

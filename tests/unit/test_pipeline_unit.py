@@ -570,3 +570,31 @@ def test_a_paused_destination_gets_nothing_its_deliveries_wait_uncounted_then_go
     assert ("destination", "resumed", "planning", "by J. Physicist") in audit
     with pytest.raises(KeyError):
         pipeline.pause_destination("nowhere", by="J. Physicist")
+
+
+def test_a_lost_c_store_response_is_retried_with_the_same_structure_set(
+    pipeline: Pipeline,
+    store: Store,
+    dispatcher: RecordingDispatcher,
+    clock: Clock,
+    tmp_path: Path,
+    sender: FakeSender,
+) -> None:
+    from gateway.dicom.cstore import LostResponse
+
+    job_id, did = delivering_job(store, tmp_path)
+    rt = tmp_path / "rtstruct.dcm"
+    before = rt.read_bytes()
+    sender.errors = [LostResponse("TPS: no C-STORE response (connection lost?)", 0)]
+    pipeline.deliver(did)
+    d = store.delivery(did)
+    assert (d.state, d.attempts) == ("pending", 1)
+    clock.t = d.next_attempt_at
+    pipeline.deliver(did)
+    assert store.delivery(did).state == DeliveryState.DELIVERED.value
+    assert store.job(job_id).state == JobState.DONE.value
+    # Both attempts sent the one file built for the job: the peer may hold it once or have it
+    # replaced by the same SOP Instance, never a second structure set.
+    assert [c[2] for c in sender.calls] == [[rt], [rt]]
+    assert rt.read_bytes() == before
+    assert store.job(job_id).rtstruct_path == str(rt)
