@@ -240,7 +240,10 @@ def orthanc(work: Path, n: int) -> Iterator[Receiver]:
             return dict(json.loads(r.read()))
 
     with (work / "orthanc.log").open("wb") as log:
-        proc = subprocess.Popen([orthanc_exe(), str(conf)], stdout=log, stderr=log, cwd=work)
+        # TCP_NODELAY=1 as for the dcmtk tools: Orthanc reads it through DCMTK.
+        proc = subprocess.Popen(
+            [orthanc_exe(), str(conf)], stdout=log, stderr=log, cwd=work, env=dcmtk_env()
+        )
         try:
             wait_until(lambda: bool(get("/system")) and listening(dicom_port), proc, "Orthanc")
             yield Receiver(dicom_port, proc, lambda: get("/statistics")["CountInstances"])

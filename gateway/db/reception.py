@@ -8,17 +8,31 @@ with one Core ``executemany`` upsert per table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.engine import Engine
 
 from gateway.db.records import InstanceRecord
 from gateway.db.tables import InstanceRow, SeriesRow, StudyRow
 
 _studies, _series, _instances = StudyRow.__table__, SeriesRow.__table__, InstanceRow.__table__
+
+# Built once: building a statement costs more than running it on SQLite.
+_STUDY_INSTANCES = (
+    select(_instances.c.sop_instance_uid, _instances.c.series_uid, _instances.c.size)
+    .join(_series, _series.c.series_uid == _instances.c.series_uid)
+    .where(_series.c.study_uid == bindparam("study_uid"))
+)
+_INSTANCE_HOLDER = (
+    select(_instances.c.series_uid, _series.c.study_uid)
+    .join(_series, _series.c.series_uid == _instances.c.series_uid)
+    .where(_instances.c.sop_instance_uid == bindparam("sop"))
+)
+_SERIES_OWNER = select(_series.c.study_uid).where(_series.c.series_uid == bindparam("series"))
 
 
 @dataclass(frozen=True)
@@ -85,15 +99,20 @@ class ReceptionQueries:
             }
         for st in studies.values():
             st["reason"] = ""
+        study_upsert, series_upsert, instance_upsert = self._upserts
         with self.engine.begin() as conn:
             # Studies first: on SQLite that takes the write lock for the whole group.
-            conn.execute(self._study_upsert(), list(studies.values()))
-            done = conn.execute(self._series_upsert(), list(series.values())).rowcount
+            conn.execute(study_upsert, list(studies.values()))
+            done = conn.execute(series_upsert, list(series.values())).rowcount
             if done >= 0 and done != len(series):
                 raise GroupRefused(f"{len(series) - done} series held by another study")
-            done = conn.execute(self._instance_upsert(), list(instances.values())).rowcount
+            done = conn.execute(instance_upsert, list(instances.values())).rowcount
             if done >= 0 and done != len(instances):
                 raise GroupRefused(f"{len(instances) - done} instance(s) held elsewhere")
+
+    @functools.cached_property
+    def _upserts(self) -> tuple[Any, Any, Any]:
+        return self._study_upsert(), self._series_upsert(), self._instance_upsert()
 
     def _study_upsert(self) -> Any:
         ins = self._insert(_studies)
@@ -140,26 +159,18 @@ class ReceptionQueries:
 
     def study_instances(self, study_uid: str) -> list[tuple[str, str, int]]:
         """(SOP Instance UID, Series Instance UID, bytes) of every instance of a study."""
-        query = (
-            select(_instances.c.sop_instance_uid, _instances.c.series_uid, _instances.c.size)
-            .join(_series, _series.c.series_uid == _instances.c.series_uid)
-            .where(_series.c.study_uid == study_uid)
-        )
         with self.engine.connect() as conn:
-            return [(sop, se, int(size or 0)) for sop, se, size in conn.execute(query)]
+            rows = conn.execute(_STUDY_INSTANCES, {"study_uid": study_uid})
+            return [(sop, se, int(size or 0)) for sop, se, size in rows]
 
     def uid_holders(
         self, series_uid: str | None, sop_instance_uid: str
     ) -> tuple[str | None, tuple[str, str] | None]:
         """Who holds these UIDs: the study of the series (None when unknown or not asked),
         and the (series, study) of the instance (or None). Primary-key look-ups."""
-        held = (
-            select(_instances.c.series_uid, _series.c.study_uid)
-            .join(_series, _series.c.series_uid == _instances.c.series_uid)
-            .where(_instances.c.sop_instance_uid == sop_instance_uid)
-        )
-        owner = select(_series.c.study_uid).where(_series.c.series_uid == series_uid)
         with self.engine.connect() as conn:
-            study = None if series_uid is None else conn.execute(owner).scalar()
-            row = conn.execute(held).first()
+            study = None
+            if series_uid is not None:
+                study = conn.execute(_SERIES_OWNER, {"series": series_uid}).scalar()
+            row = conn.execute(_INSTANCE_HOLDER, {"sop": sop_instance_uid}).first()
         return study, (None if row is None else (str(row[0]), str(row[1])))

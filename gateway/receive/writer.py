@@ -38,10 +38,14 @@ class InstanceWriter:
         store: Store,
         *,
         max_group: int = 500,
+        linger_s: float = 0.02,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
     ):
         self.store = store
         self.max_group = max_group
+        # Waiting a little after the first row collects a bigger group: fewer transactions,
+        # less CPU per row. No acknowledgement waits for it; a flush or stop cuts it short.
+        self.linger_s = linger_s
         self.retry_delays_s = tuple(retry_delays_s)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -85,9 +89,10 @@ class InstanceWriter:
         stopping = False
         while not stopping:
             items = [self._queue.get()]
-            while len(items) < self.max_group:
+            deadline = time.monotonic() + self.linger_s
+            while len(items) < self.max_group and isinstance(items[-1], Received):
                 try:
-                    items.append(self._queue.get_nowait())
+                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             group = [i for i in items if isinstance(i, Received)]
