@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
 from gateway.db.records import InstanceRecord
-from gateway.dicom import status
+from gateway.dicom import reactor, status
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
@@ -206,6 +206,7 @@ class StorageSCP:
         set_nodelay(event)
         for e, handler in _STANDARD_LOG_HANDLERS:  # bound by each Association at creation
             event.assoc.unbind(e, handler)
+        reactor.install(event.assoc)  # before the association starts: event-driven waits
         # pynetdicom's idle timer runs only between PDUs: a peer that declares a long PDU and
         # sends less would hold a connection (and a slot) for ever. A socket timeout bounds
         # every read; pynetdicom treats it as the connection closing.
