@@ -4,7 +4,8 @@ Only configured peers may associate (calling AE title, optionally also the sourc
 only over TLS where the peer requires it); others are rejected at association. At most
 ``limits.max_associations`` associations run at once (more are rejected, transient); one silent
 for ``limits.idle_timeout_s`` is aborted. The C-STORE handler writes the received bytes durably
-through the :class:`~gateway.receive.Receiver` and returns; it never waits for inference.
+through the :class:`~gateway.receive.Receiver` and returns (the row follows, written by the
+receiver's instance writer between ``start()`` and ``stop()``); it never waits for inference.
 
 C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xC211 a UID already
 recorded for another study or series (with an ErrorComment saying which); 0xA900 dataset does
