@@ -298,7 +298,6 @@ def baseline_tree(rev: str, root: Path) -> Iterator[Path]:
         yield tree
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(tree)], capture_output=True)
-        subprocess.run([*git, "worktree", "prune"], capture_output=True)
 
 
 def measure(start, work: Path, files: list[Path], associations: int) -> tuple[float, float]:
