@@ -103,11 +103,13 @@ class ReceptionQueries:
         with self.engine.begin() as conn:
             # Studies first: on SQLite that takes the write lock for the whole group.
             conn.execute(study_upsert, list(studies.values()))
-            done = conn.execute(series_upsert, list(series.values())).rowcount
-            if done >= 0 and done != len(series):
+            # Rows an upsert's WHERE refused are not returned. (RETURNING, not rowcount: psycopg
+            # reports -1 for an INSERT .. ON CONFLICT through SQLAlchemy.)
+            done = len(conn.execute(series_upsert, list(series.values())).all())
+            if done != len(series):
                 raise GroupRefused(f"{len(series) - done} series held by another study")
-            done = conn.execute(instance_upsert, list(instances.values())).rowcount
-            if done >= 0 and done != len(instances):
+            done = len(conn.execute(instance_upsert, list(instances.values())).all())
+            if done != len(instances):
                 raise GroupRefused(f"{len(instances) - done} instance(s) held elsewhere")
 
     @functools.cached_property
@@ -141,7 +143,7 @@ class ReceptionQueries:
                 "patient_key": func.coalesce(_series.c.patient_key, new.patient_key),
             },
             where=_series.c.study_uid == new.study_uid,
-        )
+        ).returning(_series.c.series_uid)
 
     def _instance_upsert(self) -> Any:
         ins = self._insert(_instances)
@@ -155,7 +157,7 @@ class ReceptionQueries:
                 "size": new.size,
             },
             where=_instances.c.series_uid == new.series_uid,
-        )
+        ).returning(_instances.c.sop_instance_uid)
 
     def study_instances(self, study_uid: str) -> list[tuple[str, str, int]]:
         """(SOP Instance UID, Series Instance UID, bytes) of every instance of a study."""

@@ -234,3 +234,15 @@ def test_concurrent_senders_of_one_study_never_pass_its_limit(tmp_path: Path) ->
         t.join()
     rx.stop()
     assert len(refused) == 14 and _instances(store, sent[0].StudyInstanceUID) == 10
+
+
+def test_a_row_another_process_recorded_elsewhere_costs_only_itself(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    other = _study(1)[0]
+    store.record_instance(describe_instance(other, "p"), "OTHER", "AIRCON")  # another process
+    sent = _study(3)
+    sent[1].SOPInstanceUID = other.SOPInstanceUID  # admitted there before this row existed
+    writer = InstanceWriter(store)
+    writer.write([Received(describe_instance(ds, "p"), "S", "A", 1.0) for ds in sent])
+    assert writer.lost == 1 and _instances(store, sent[0].StudyInstanceUID) == 2
+    assert _instances(store, other.StudyInstanceUID) == 1  # its rows untouched
