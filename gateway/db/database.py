@@ -29,6 +29,7 @@ from gateway.db.console import AuditSearchQueries, ConsoleQueries
 from gateway.db.deliveries import DeliveryQueries
 from gateway.db.operations import OperationsQueries
 from gateway.db.qa import QaQueries
+from gateway.db.reception import ReceptionQueries
 from gateway.db.records import (
     InstanceRecord,
 )
@@ -47,6 +48,7 @@ from gateway.errors import UidConflict
 
 class Store(
     StudyQueries,
+    ReceptionQueries,
     WorkQueries,
     CancelQueries,
     DeliveryQueries,
@@ -176,14 +178,6 @@ class Store(
                 conflict = _uid_conflict(s, rec)
                 if conflict is not None:
                     raise conflict  # rolls back this transaction: nothing of it is recorded
-
-    def admission(self, rec: InstanceRecord) -> tuple[bool, int, int]:
-        """What reception's limits need before it spools ``rec``, read in one transaction:
-        whether it is already stored (a resend) and the study's (instances, bytes) so far."""
-        with self.session() as s:
-            known = s.get(InstanceRow, rec.sop_instance_uid) is not None
-            count, size = s.execute(_usage(rec.study_uid)).one()
-            return known, int(count), int(size)
 
     @functools.cached_property
     def patient_salt(self) -> str:

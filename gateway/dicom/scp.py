@@ -4,7 +4,8 @@ Only configured peers may associate (calling AE title, optionally also the sourc
 only over TLS where the peer requires it); others are rejected at association. At most
 ``limits.max_associations`` associations run at once (more are rejected, transient); one silent
 for ``limits.idle_timeout_s`` is aborted. The C-STORE handler writes the received bytes durably
-through the :class:`~gateway.receive.Receiver` and returns; it never waits for inference.
+through the :class:`~gateway.receive.Receiver` and returns (the row follows, written by the
+receiver's instance writer between ``start()`` and ``stop()``); it never waits for inference.
 
 C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xC211 a UID already
 recorded for another study or series (with an ErrorComment saying which); 0xA900 dataset does
@@ -40,12 +41,18 @@ from pydicom.uid import (
     RTStructureSetStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
 from gateway.db.records import InstanceRecord
-from gateway.dicom import status
+from gateway.dicom import reactor, status
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
@@ -67,6 +74,17 @@ TRANSFER_SYNTAXES = (
     JPEG2000Lossless,
     JPEG2000,
     RLELossless,
+)
+
+# pynetdicom's "standard" log handlers decode and format every PDU and DIMSE message (at DEBUG
+# level, but the work is done whatever the level): a receiver unbinds them and logs each
+# association once (``_on_ended``) and in the audit trail instead. Per server and association,
+# not pynetdicom's global ``_config.LOG_HANDLER_LEVEL``, so the sending side is untouched.
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
 )
 
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
@@ -117,6 +135,11 @@ class _TlsAssociationServer(ThreadedAssociationServer):
             self.shutdown_request(request)
             return
         super().process_request_thread(tls, client_address)
+
+
+def _unbind_log_handlers(server: Any) -> None:
+    for event, handler in _STANDARD_LOG_HANDLERS:
+        server.unbind(event, handler)
 
 
 def _with_comment(code: int, comment: str) -> Dataset:
@@ -182,6 +205,9 @@ class StorageSCP:
 
     def _on_conn_open(self, event: Any) -> None:
         set_nodelay(event)
+        for e, handler in _STANDARD_LOG_HANDLERS:  # bound by each Association at creation
+            event.assoc.unbind(e, handler)
+        reactor.install(event.assoc)  # before the association starts: event-driven waits
         # pynetdicom's idle timer runs only between PDUs: a peer that declares a long PDU and
         # sends less would hold a connection (and a slot) for ever. A socket timeout bounds
         # every read; pynetdicom treats it as the connection closing.
@@ -208,10 +234,12 @@ class StorageSCP:
         )
 
     def start(self) -> None:
+        self.receiver.start()  # rows written behind the acknowledgement, in groups
         ae = self._make_ae()  # one AE: max_associations counts both listeners
         server: Any = ae.start_server(
             (self.host, self.port), block=False, evt_handlers=self._handlers(False)
         )
+        _unbind_log_handlers(server)
         self._servers.append(server)
         self.port = server.server_address[1]
         log.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
@@ -224,6 +252,7 @@ class StorageSCP:
                 evt_handlers=self._handlers(True),
                 server_class=_TlsAssociationServer,
             )
+            _unbind_log_handlers(tls_server)
             tls_server.handshake_timeout = min(30.0, self.limits.idle_timeout_s)
             tls_server.on_refused = self._on_tls_refused
             threading.Thread(
@@ -244,6 +273,7 @@ class StorageSCP:
         for server in self._servers:
             server.shutdown()
         self._servers = []
+        self.receiver.stop()  # the queued rows are written before stop returns
 
     @property
     def listening(self) -> bool:
@@ -353,6 +383,14 @@ class StorageSCP:
             session = self._sessions.pop(id(event.assoc), None)
         if session is None:
             return
+        log.info(
+            "association from %r at %s %s: %d instance(s) stored, %d refused",
+            session.calling_ae,
+            session.address,
+            "released" if released else "ended without release",
+            sum(session.stored.values()),
+            sum(session.refused.values()),
+        )
         self.receiver.association_ended(
             session.calling_ae,
             session.address,

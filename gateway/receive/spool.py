@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from gateway.durable import durable_write, make_dirs
@@ -27,6 +28,8 @@ class Spool:
         self.root = root
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        self._free = (0.0, 0.0)  # (when measured, MiB free then)
+        self._written = 0  # bytes written since
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         for name, uid in (
@@ -43,6 +46,7 @@ class Spool:
         path = self.path_for(study_uid, series_uid, sop_instance_uid)
         self._ensure_dir(path.parent)
         durable_write(path, data)
+        self._written += len(data)
         return path
 
     def _ensure_dir(self, directory: Path) -> None:
@@ -52,12 +56,20 @@ class Spool:
             make_dirs(directory)
             self._known_dirs.add(directory)
 
-    def free_mb(self) -> float:
-        """Free space on the file system that holds (or will hold) the spool, in MiB."""
+    def free_mb(self, max_age_s: float = 0.0) -> float:
+        """Free space on the file system that holds (or will hold) the spool, in MiB. With
+        ``max_age_s``, a measurement that recent, less what this spool wrote since, will do."""
+        now = time.monotonic()
+        measured_at, free = self._free
+        if max_age_s and now - measured_at < max_age_s:
+            return free - self._written / 1024**2
         d = self.root
         while not d.exists() and d != d.parent:
             d = d.parent
-        return shutil.disk_usage(d).free / 1024**2
+        self._written = 0
+        free = shutil.disk_usage(d).free / 1024**2
+        self._free = (now, free)
+        return free
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files of writes cut off by a crash (never acknowledged)."""

@@ -204,3 +204,63 @@ def test_associations_beyond_the_limit_are_rejected_and_idle_ones_are_closed(
             return False
 
     wait_for(accepted_again, 20, interval=0.5, what="the association slots to free")
+
+
+@pytest.mark.parametrize("version", ["3.0.4", "3.0.5"])
+def test_accepted_associations_run_event_driven_only_on_the_pinned_pynetdicom(
+    scp_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    import pynetdicom
+    from pynetdicom import evt
+    from pynetdicom._handlers import standard_dimse_recv_handler
+
+    from gateway.dicom import reactor
+
+    monkeypatch.setattr(pynetdicom, "__version__", version)
+    installed: list[tuple[object, bool]] = []
+    real_install = reactor.install
+
+    def install(assoc: object) -> bool:
+        installed.append((assoc, real_install(assoc)))
+        return installed[-1][1]
+
+    monkeypatch.setattr(reactor, "install", install)
+    scp, touched = scp_factory(tmp_path / "spool")
+    first = mr_slice()
+    study = [first] + [
+        mr_slice(StudyInstanceUID=first.StudyInstanceUID, SeriesInstanceUID=first.SeriesInstanceUID)
+        for _ in range(29)
+    ]
+    assert store(_dest(scp), "SENDER", study) == [0] * 30
+    assert touched() == [first.StudyInstanceUID]
+    info = scp.receiver.store.study(first.StudyInstanceUID)
+    assert info is not None and len(info.series[0].paths) == 30
+    ((assoc, event_driven),) = installed
+    assert event_driven == (version == "3.0.4")
+    handlers = [h for h, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV)]  # type: ignore[attr-defined]
+    assert standard_dimse_recv_handler not in handlers
+
+
+def test_silent_peers_are_still_cut_off_by_the_event_driven_loops(scp_factory, tmp_path: Path):
+    import socket
+
+    from pynetdicom import AE
+
+    from gateway.dicom import reactor
+
+    assert reactor.supported()
+    scp, _ = scp_factory(tmp_path / "spool", limits=LimitsConfig(idle_timeout_s=0.5))
+    with socket.create_connection(("127.0.0.1", scp.port)) as peer:  # never associates
+        peer.settimeout(5)
+        t0 = time.monotonic()
+        try:
+            data = peer.recv(1024)
+        except ConnectionResetError:
+            data = b""
+        assert data[:1] in (b"", b"\x07") and time.monotonic() - t0 < 4  # closed or A-ABORT
+    ae = AE("SENDER")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="AIRCON")  # associates, then silent
+    assert assoc.is_established
+    wait_for(lambda: not assoc.is_established, 4, what="the idle association to be aborted")
+    assert assoc.is_aborted
