@@ -55,8 +55,8 @@ def _instances(store: Store, study_uid: str) -> int:
     return {s["study_uid"]: s["instances"] for s in store.list_studies()}.get(study_uid, 0)
 
 
-def test_a_group_of_rows_is_written_in_one_transaction(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_group_of_rows_is_written_in_one_transaction(tmp_path: Path, database_url: str) -> None:
+    store = Store(database_url)
     writer = InstanceWriter(store, linger_s=0.3)
     sent = _study(40, series=2)
     now = time.time()
@@ -73,8 +73,10 @@ def test_a_group_of_rows_is_written_in_one_transaction(tmp_path: Path) -> None:
     assert (study.first_received_at, study.last_received_at) == (now, now + 39)
 
 
-def test_an_association_end_is_recorded_after_its_instances(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_an_association_end_is_recorded_after_its_instances(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
     rx = _receiver(store, tmp_path)
     rx.writer.linger_s = 0.5  # rows stay queued while the association ends
     seen: list[int] = []
@@ -100,8 +102,8 @@ def test_an_association_end_is_recorded_after_its_instances(tmp_path: Path) -> N
     assert [uid for uid, _ in store.due_checks(time.time() + 1)] == [sent[0].StudyInstanceUID]
 
 
-def test_stop_writes_every_queued_row(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_stop_writes_every_queued_row(tmp_path: Path, database_url: str) -> None:
+    store = Store(database_url)
     rx = _receiver(store, tmp_path)
     rx.writer.linger_s = 30.0
     sent = _study(3)
@@ -115,8 +117,10 @@ def test_stop_writes_every_queued_row(tmp_path: Path) -> None:
     assert _instances(store, sent[0].StudyInstanceUID) == 3
 
 
-def test_a_failing_database_is_retried_then_rows_are_left_to_the_spool(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_failing_database_is_retried_then_rows_are_left_to_the_spool(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
     writer = InstanceWriter(store, retry_delays_s=(0.0, 0.0))
     real = store.record_instances
     failures = iter([True, True])
@@ -148,13 +152,13 @@ def test_a_failing_database_is_retried_then_rows_are_left_to_the_spool(tmp_path:
     assert rx.writer.flush(timeout=10) and rx.writer.running
     rx.stop()
     assert rx.writer.lost == 2 and _instances(store, lost[0].StudyInstanceUID) == 0
-    restarted = _receiver(_store(tmp_path), tmp_path)
+    restarted = _receiver(Store(database_url), tmp_path)
     assert restarted.recover_spool() == 1
     assert _instances(restarted.store, lost[0].StudyInstanceUID) == 2
 
 
-def test_limits_count_from_the_database_then_from_memory(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_limits_count_from_the_database_then_from_memory(tmp_path: Path, database_url: str) -> None:
+    store = Store(database_url)
     sent = _study(5)
     earlier = _receiver(store, tmp_path)
     for ds in sent[:2]:
@@ -176,8 +180,8 @@ def test_limits_count_from_the_database_then_from_memory(tmp_path: Path) -> None
     assert sent[3].SOPInstanceUID not in spooled
 
 
-def test_a_byte_limit_refuses_before_anything_is_stored(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_byte_limit_refuses_before_anything_is_stored(tmp_path: Path, database_url: str) -> None:
+    store = Store(database_url)
     sent = _study(3)
     size = len(_encoded(sent[0]))
     rx = _receiver(store, tmp_path, max_bytes_per_study=2 * size)
@@ -189,8 +193,10 @@ def test_a_byte_limit_refuses_before_anything_is_stored(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["database", "memory"])
-def test_a_uid_of_another_study_is_refused_before_it_is_stored(tmp_path: Path, where: str) -> None:
-    store = _store(tmp_path)
+def test_a_uid_of_another_study_is_refused_before_it_is_stored(
+    tmp_path: Path, database_url: str, where: str
+) -> None:
+    store = Store(database_url)
     first = _study(1)[0]
     if where == "database":
         _send(_receiver(store, tmp_path), first)  # another process recorded it
@@ -213,8 +219,10 @@ def test_a_uid_of_another_study_is_refused_before_it_is_stored(tmp_path: Path, w
     assert [s["study_uid"] for s in store.list_studies()] == [first.StudyInstanceUID]
 
 
-def test_concurrent_senders_of_one_study_never_pass_its_limit(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_concurrent_senders_of_one_study_never_pass_its_limit(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
     rx = _receiver(store, tmp_path, max_instances_per_study=10)
     sent = _study(24)
     refused: list[str] = []
@@ -236,8 +244,10 @@ def test_concurrent_senders_of_one_study_never_pass_its_limit(tmp_path: Path) ->
     assert len(refused) == 14 and _instances(store, sent[0].StudyInstanceUID) == 10
 
 
-def test_a_row_another_process_recorded_elsewhere_costs_only_itself(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_row_another_process_recorded_elsewhere_costs_only_itself(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
     other = _study(1)[0]
     store.record_instance(describe_instance(other, "p"), "OTHER", "AIRCON")  # another process
     sent = _study(3)
