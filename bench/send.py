@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import dcmtk_env, wait_listening  # noqa: E402
+from ingest import dcmtk_env, listening, wait_until  # noqa: E402
 
 from gateway.config import DestinationConfig  # noqa: E402
 from gateway.demo.launcher import free_port  # noqa: E402
@@ -46,7 +46,7 @@ def _with_storescp(work: Path, n: int, send: Callable[[int], None]) -> float:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_listening(port, proc)
+        wait_until(lambda: listening(port), proc, "storescp")
         t0 = time.perf_counter()
         send(port)
         seconds = time.perf_counter() - t0
