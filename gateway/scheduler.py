@@ -144,6 +144,11 @@ class Scheduler:
         jobs, deliveries = self.store.reclaim(now, owner_is_dead)
         for job_id in jobs:
             log.warning("job %d: its process stopped; running it again", job_id)
+            # At once, and its hand-over interval starts again (it was not lost in a queue).
+            self._handed[("job", job_id)] = (now + self.pickup_after_s, 0)
+            self.dispatch.run_job(job_id)
+        for delivery_id in deliveries:
+            self._handed.pop(("delivery", delivery_id), None)
         self.store.reclaim_structure_sets(now, owner_is_dead)
         self._pick_up(now)
 

@@ -243,7 +243,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # First, so that switching to WAL, which needs a lock, waits for a concurrent start too.
     cur.execute(f"PRAGMA busy_timeout={migrate.SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")
+    migrate.sqlite_wal(cur)
     # NORMAL: a commit survives a process crash; on power loss the last rows may roll back, and
     # Receiver.recover_spool() re-records them from the spool, which is fsynced per instance.
     cur.execute("PRAGMA synchronous=NORMAL")

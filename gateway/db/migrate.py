@@ -17,6 +17,7 @@ serialises the migrators.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,6 @@ def wait_for_head(engine: Engine, timeout_s: float, poll_s: float = 1.0) -> None
     """Wait until another process (the receiver) has brought the database to this release's
     schema; raise :class:`SchemaNotReady` after ``timeout_s``. Workers never migrate: a worker of
     an older release must not race a newer receiver's migration, nor a newer worker start one."""
-    import time
-
     target = head()
     deadline = time.monotonic() + timeout_s
     while True:
@@ -125,7 +124,7 @@ def _sqlite_migration_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # transactions are begun by _sqlite_begin_immediate only
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")
+    sqlite_wal(cur)
     # A batch-mode table copy drops the old table; with foreign keys on, that drop would delete
     # (or refuse for) the rows that reference it. The pragma has no effect inside a transaction.
     cur.execute("PRAGMA foreign_keys=OFF")
@@ -134,3 +133,22 @@ def _sqlite_migration_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sqlite_wal(cur: Any) -> None:
+    """Switch the database file to WAL (kept in the file: once is enough). The switch needs an
+    exclusive lock and SQLite may answer "locked" at once instead of calling the busy handler
+    while another process starts on the same file (e.g. migrating it): try again for a while."""
+    import sqlite3
+
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -102,15 +102,34 @@ class ReceptionQueries:
         study_upsert, series_upsert, instance_upsert = self._upserts
         with self.engine.begin() as conn:
             # Studies first: on SQLite that takes the write lock for the whole group.
-            conn.execute(study_upsert, list(studies.values()))
+            # In key order: two transactions locking the same rows take them in the same order
+            # (PostgreSQL row locks), so they never deadlock each other.
+            conn.execute(study_upsert, [studies[k] for k in sorted(studies)])
             # Rows an upsert's WHERE refused are not returned. (RETURNING, not rowcount: psycopg
             # reports -1 for an INSERT .. ON CONFLICT through SQLAlchemy.)
-            done = len(conn.execute(series_upsert, list(series.values())).all())
+            done = len(conn.execute(series_upsert, [series[k] for k in sorted(series)]).all())
             if done != len(series):
                 raise GroupRefused(f"{len(series) - done} series held by another study")
-            done = len(conn.execute(instance_upsert, list(instances.values())).all())
+            rows = [instances[k] for k in sorted(instances)]
+            done = len(conn.execute(instance_upsert, rows).all())
             if done != len(instances):
                 raise GroupRefused(f"{len(instances) - done} instance(s) held elsewhere")
+
+    def open_reception(self, item: Received) -> None:
+        """An association sends its first instance of a study: the study (made if new) counts
+        one more association sending it, at once (the instance's row follows)."""
+        now = item.received_at
+        row = {
+            "study_uid": item.rec.study_uid,
+            "calling_ae": item.calling_ae,
+            "called_ae": item.called_ae,
+            "first_received_at": now,
+            "last_received_at": now,
+            "open_associations": 1,
+            "reason": "",
+        }
+        with self.engine.begin() as conn:
+            conn.execute(self._upserts[0], [row])
 
     @functools.cached_property
     def _upserts(self) -> tuple[Any, Any, Any]:

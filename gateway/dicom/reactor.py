@@ -77,15 +77,20 @@ def _wake(wake_w: socket.socket) -> None:
 
 
 def _recv(assoc_socket: Any, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv`` reading into one buffer, up to ``READ_CHUNK`` per call."""
+    """``AssociationSocket.recv`` reading into one buffer, up to ``READ_CHUNK`` per call.
+
+    The buffer grows (doubling) with what arrives, never to the declared length at once: a PDU
+    header is the peer's word, and six bytes declaring 4 GiB, sent before any check of who the
+    peer is, must not make us allocate 4 GiB."""
     sock = assoc_socket.socket
-    data = bytearray(nr_bytes)
-    view = memoryview(data)
+    data = bytearray(min(nr_bytes, READ_CHUNK))
     got = 0
     while got < nr_bytes:
-        n = sock.recv_into(view[got:], min(nr_bytes - got, READ_CHUNK))
+        if got == len(data):
+            data.extend(bytes(min(nr_bytes, 2 * len(data)) - len(data)))
+        with memoryview(data) as view:
+            n = sock.recv_into(view[got:], min(len(data) - got, READ_CHUNK))
         if not n:  # connection closed: what was read so far, as pynetdicom returns it
-            del view
             return data[:got]
         got += n
     return data

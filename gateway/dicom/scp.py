@@ -57,6 +57,7 @@ from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
 from gateway.receive.receiver import Receiver
+from gateway.receive.structure_sets import RT_STRUCTURE_SET_STORAGE
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ class _Session:
     tls: bool
     stored: dict[tuple[str, str], int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
+    # Studies whose images this association sent: it counts as sending them until it ends. A
+    # structure set (QA) alone opens nothing.
+    opened: set[str] = field(default_factory=set)
 
 
 class StorageSCP:
@@ -321,6 +325,8 @@ class StorageSCP:
                 return code
             key = (rec.study_uid, rec.series_uid)
             session.stored[key] = session.stored.get(key, 0) + 1
+            if rec.sop_class_uid != RT_STRUCTURE_SET_STORAGE:
+                session.opened.add(rec.study_uid)
         return code
 
     def _store(
@@ -338,7 +344,7 @@ class StorageSCP:
                 assoc.acceptor.ae_title.strip(),
                 sop_class_uid=str(event.request.AffectedSOPClassUID),
                 transfer_syntax=str(event.context.transfer_syntax),
-                opens=lambda study: all(study != st for st, _ in session.stored),
+                opens=lambda study: study not in session.opened,
             )
         except UidConflict as exc:
             log.warning("C-STORE refused (0xC211): %s", exc)
@@ -398,4 +404,5 @@ class StorageSCP:
             session.refused,
             session.tls,
             clean=released,
+            opened=session.opened,
         )

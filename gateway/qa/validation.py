@@ -51,7 +51,8 @@ from gateway.qa.report import (
     summarise,
     write_report,
 )
-from gateway.receive.receiver import check_dataset, check_encoding, describe_instance
+from gateway.receive.checks import check_dataset, check_encoding
+from gateway.receive.receiver import describe_instance
 from gateway.segment import SegmenterCache
 from gateway.study import assembly
 

@@ -59,32 +59,58 @@ class Admission:
         """Count ``rec`` (``size`` bytes) against its study; ``opens``: the first instance of the
         study in its association. A resend of a known instance takes no new quota.
 
-        Raises UidConflict or OutOfResources, counting nothing."""
+        Raises UidConflict or OutOfResources, counting nothing; a study first seen in this call
+        and sent by no association is forgotten again (memory holds studies being received)."""
         with self._lock:
-            st = self._study(rec.study_uid)
-            known = rec.sop_instance_uid in st.instances
-            decided = known or self._decided_in_memory(rec)
-            series_known = self._series_study.get(rec.series_uid) is not None
-        holders = None
-        if not decided:  # one primary-key look-up (two for a series new to this process)
+            fresh = rec.study_uid not in self._studies
+        try:
+            return self._admit(rec, size, opens)
+        except BaseException:
+            with self._lock:
+                st = self._studies.get(rec.study_uid)
+                if st is not None and (fresh or not st.instances):
+                    self._forget_if_idle(rec.study_uid)
+            raise
+
+    def _admit(self, rec: InstanceRecord, size: int, opens: bool) -> Ticket:
+        holders: tuple[str | None, tuple[str, str] | None] | None = None
+        looked = False
+        while True:
+            with self._lock:
+                st = self._study(rec.study_uid)
+                previous = st.instances.get(rec.sop_instance_uid)
+                # Decided from memory, or from the database look-up made just before (memory,
+                # which another thread may have changed meanwhile, is checked again with it).
+                if previous is not None or looked or self._decided_in_memory(rec):
+                    return self._count(rec, st, previous, holders, size, opens)
+                series_known = self._series_study.get(rec.series_uid) is not None
+            # One primary-key look-up (two for a series new to this process), outside the lock.
             series = None if series_known else rec.series_uid
             holders = self.store.uid_holders(series, rec.sop_instance_uid)
-        with self._lock:
-            st = self._study(rec.study_uid)
-            previous = st.instances.get(rec.sop_instance_uid)
-            if previous is not None:
-                if previous[0] != rec.series_uid:
-                    raise _sop_conflict(rec, rec.study_uid, previous[0])
-            else:
-                self._check_uids(rec, holders)
-                self._check_limits(rec, st, size)
-            st.instances[rec.sop_instance_uid] = (rec.series_uid, size)
-            st.size += size - (previous[1] if previous else 0)
-            st.series.add(rec.series_uid)
-            st.senders += 1 if opens else 0
-            self._sop_study[rec.sop_instance_uid] = rec.study_uid
-            self._series_study[rec.series_uid] = rec.study_uid
-            return Ticket(rec, previous, opens)
+            looked = True
+
+    def _count(
+        self,
+        rec: InstanceRecord,
+        st: _Study,
+        previous: tuple[str, int] | None,
+        holders: tuple[str | None, tuple[str, str] | None] | None,
+        size: int,
+        opens: bool,
+    ) -> Ticket:
+        if previous is not None:
+            if previous[0] != rec.series_uid:
+                raise _sop_conflict(rec, rec.study_uid, previous[0])
+        else:
+            self._check_uids(rec, holders)
+            self._check_limits(rec, st, size)
+        st.instances[rec.sop_instance_uid] = (rec.series_uid, size)
+        st.size += size - (previous[1] if previous else 0)
+        st.series.add(rec.series_uid)
+        st.senders += 1 if opens else 0
+        self._sop_study[rec.sop_instance_uid] = rec.study_uid
+        self._series_study[rec.series_uid] = rec.study_uid
+        return Ticket(rec, previous, opens)
 
     def release(self, ticket: Ticket) -> None:
         """Undo an admission whose instance was not stored after all."""
@@ -98,9 +124,10 @@ class Admission:
             st.size -= entry[1] if entry else 0
             if ticket.previous is not None:
                 st.instances[rec.sop_instance_uid] = ticket.previous
-                st.size += ticket.previous[1]
             else:
                 self._sop_study.pop(rec.sop_instance_uid, None)
+            if not st.instances:
+                self._forget_if_idle(rec.study_uid)
 
     def ended(self, study_uids: Iterable[str]) -> None:
         """An association that opened these studies ended, its rows written: forget each study
@@ -111,12 +138,7 @@ class Admission:
                 if st is None:
                     continue
                 st.senders -= 1
-                if st.senders <= 0:
-                    del self._studies[uid]
-                    for sop in st.instances:
-                        self._sop_study.pop(sop, None)
-                    for series_uid in st.series:
-                        self._series_study.pop(series_uid, None)
+                self._forget_if_idle(uid)
 
     def usage(self, study_uid: str) -> tuple[int, int]:
         """(instances, bytes) of a study as admission counts them."""
@@ -125,6 +147,21 @@ class Admission:
             return len(st.instances), st.size
 
     # -- under the lock ---------------------------------------------------------------------------
+
+    def _forget_if_idle(self, study_uid: str) -> None:
+        """Forget a study no association of this process is sending: its rows are written
+        (an association's end is recorded behind them), and the next instance seeds it again
+        from the database (which a purge or deletion may have changed meanwhile)."""
+        st = self._studies.get(study_uid)
+        if st is None or st.senders > 0:
+            return
+        del self._studies[study_uid]
+        for sop in st.instances:
+            if self._sop_study.get(sop) == study_uid:
+                del self._sop_study[sop]
+        for series_uid in st.series:
+            if self._series_study.get(series_uid) == study_uid:
+                del self._series_study[series_uid]
 
     def _study(self, study_uid: str) -> _Study:
         st = self._studies.get(study_uid)

@@ -10,11 +10,12 @@ once :meth:`Receiver.start` started it, else before returning. It never waits fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -24,12 +25,13 @@ from gateway.config import LimitsConfig, StorageConfig
 from gateway.db.database import Store
 from gateway.db.reception import Received
 from gateway.db.records import InstanceRecord
-from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
+from gateway.errors import InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
 from gateway.receive.admission import Admission
+from gateway.receive.checks import check_dataset, check_encoding
 from gateway.receive.spool import Spool
 from gateway.receive.structure_sets import RT_STRUCTURE_SET_STORAGE, describe_structure_set
-from gateway.receive.writer import InstanceWriter
+from gateway.receive.writer import Ended, InstanceWriter
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -83,82 +85,6 @@ def _get(ds: Dataset, keyword: str) -> Any:
     if elem is None or elem == "":
         return None
     return _plain(elem)
-
-
-# Image storage SOP classes whose instances must carry pixel data we can check.
-IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-}
-_NATIVE_TS = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-}
-
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def check_encoding(ds: Dataset) -> None:
-    """Raise InvalidInput when a top-level element holds fewer bytes than its declared length
-    (a truncated dataset, or a length such as 2 GB that was never sent): pydicom reads such a
-    value short without complaint."""
-    from pydicom.dataelem import RawDataElement
-
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
-            continue
-        present = len(raw.value or b"")
-        if present != raw.length:
-            raise InvalidInput(
-                f"element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes but "
-                f"{present} are present: truncated or corrupt dataset"
-            )
-
-
-def check_dataset(ds: Dataset, sop_class_uid: str, transfer_syntax: str) -> None:
-    """Check that a received dataset matches the SOP class it was sent as.
-
-    Raises DatasetMismatch: another SOPClassUID than the request's, an image without pixel data
-    or without the attributes that describe it, or native pixel data whose length differs from
-    Rows x Columns x frames x samples x bits (e.g. 65535 x 65535 declared over a few bytes).
-    Pixel data is never decoded here.
-    """
-    declared = str(ds.get("SOPClassUID", ""))
-    if declared != sop_class_uid:
-        raise DatasetMismatch(
-            f"dataset SOPClassUID {declared[:64]!r} differs from the request's {sop_class_uid}"
-        )
-    if sop_class_uid not in IMAGE_SOP_CLASSES:
-        return
-    if "PixelData" not in ds:
-        raise DatasetMismatch(f"{IMAGE_SOP_CLASSES[sop_class_uid]} instance without PixelData")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DatasetMismatch(f"image attributes missing or invalid: {exc}") from None
-    if rows < 1 or cols < 1 or frames < 1 or samples < 1 or bits not in (1, 8, 16, 32, 64):
-        raise DatasetMismatch(
-            f"invalid image size: Rows {rows}, Columns {cols}, frames {frames}, "
-            f"samples {samples}, BitsAllocated {bits}"
-        )
-    if transfer_syntax not in _NATIVE_TS:
-        return  # encapsulated: the codec checks the frames when the series is read
-    expected_bits = rows * cols * frames * samples * bits
-    expected = (expected_bits + 7) // 8
-    actual = len(ds["PixelData"].value or b"")
-    if actual not in (expected, expected + expected % 2):
-        raise DatasetMismatch(
-            f"pixel data is {actual} bytes, but Rows {rows} x Columns {cols} x {frames} frame(s) "
-            f"x {samples} sample(s) x {bits} bits = {expected} bytes"
-        )
 
 
 def key_of(patient_id: str, issuer: str, salt: str) -> str:
@@ -271,15 +197,25 @@ class Receiver:
             self._accept_structure_set(ds, encoded, calling_ae)
             return rec
         self._check_space()
+        if self.writer.failing:
+            raise OutOfResources(
+                "the database takes no instance rows now (they are held and retried): "
+                "send again later"
+            )
         ticket = self.admission.admit(rec, len(encoded), opens(rec.study_uid))
         try:
             path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
             rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
             item = Received(rec, calling_ae, called_ae, time.time(), ticket.opened)
-            if self.writer.running:
-                self.writer.submit(item)  # the spool file is durable: the row may follow
-            else:
+            if not self.writer.running:
                 self.writer.write_one(item, raising=True)
+            else:
+                if ticket.opened:
+                    # Before the acknowledgement: from now on a study check sees the study as
+                    # being sent, whatever rows are still queued (once per association).
+                    self.store.open_reception(item)
+                    item = dataclasses.replace(item, opens_association=False)
+                self.writer.submit(item)  # the spool file is durable: the row may follow
         except BaseException as exc:
             self.admission.release(ticket)
             if isinstance(exc, UidConflict):
@@ -401,17 +337,22 @@ class Receiver:
         refused: dict[str, int],
         tls: bool,
         clean: bool = True,
+        opened: Iterable[str] | None = None,
     ) -> None:
         """Record how an association ended (released, or cut off: its studies may be incomplete)
-        and audit what it did: instances stored per series, refusals by reason."""
+        and audit what it did: instances stored per series, refusals by reason. ``opened``:
+        the studies it counted as sending (default: every study in ``stored``)."""
         how = ("TLS" if tls else "TCP") + ("" if clean else ", association cut off")
         who = {"calling_ae": calling_ae, "address": address}
-        studies = sorted({study for study, _ in stored})
-        if self.writer.running and not self.writer.flush():
-            log.error("instance rows of the association from %r not yet written", calling_ae)
-        self.admission.ended(studies)
-        if studies:
+        studies = sorted({study for study, _ in stored} if opened is None else set(opened))
+        if studies and self.writer.running:
+            # Recorded behind this association's rows; admission forgets the studies then.
+            done = functools.partial(self.admission.ended, studies)
+            self.writer.submit(Ended(tuple(studies), clean, time.time(), done))
+        elif studies:
+            self.admission.ended(studies)
             self.store.association_ended(studies, clean, time.time())
+        if studies:
             if not clean:
                 log.warning(
                     "association from %r cut off after %d instance(s) of %d study(ies): waiting "

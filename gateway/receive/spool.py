@@ -46,7 +46,8 @@ class Spool:
         path = self.path_for(study_uid, series_uid, sop_instance_uid)
         self._ensure_dir(path.parent)
         durable_write(path, data)
-        self._written += len(data)
+        with self._lock:  # concurrent associations write at once
+            self._written += len(data)
         return path
 
     def _ensure_dir(self, directory: Path) -> None:

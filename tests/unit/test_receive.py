@@ -13,7 +13,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from gateway.config import LimitsConfig, StorageConfig
 from gateway.db.database import Store
 from gateway.errors import DatasetMismatch, OutOfResources
-from gateway.receive.receiver import Receiver, check_dataset
+from gateway.receive.checks import check_dataset
+from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
 
 

@@ -117,7 +117,7 @@ def test_stop_writes_every_queued_row(tmp_path: Path, database_url: str) -> None
     assert _instances(store, sent[0].StudyInstanceUID) == 3
 
 
-def test_a_failing_database_is_retried_then_rows_are_left_to_the_spool(
+def test_a_failing_database_is_retried_its_rows_held_and_reception_paused(
     tmp_path: Path, database_url: str
 ) -> None:
     store = Store(database_url)
@@ -135,26 +135,80 @@ def test_a_failing_database_is_retried_then_rows_are_left_to_the_spool(
     writer.write([Received(describe_instance(ds, "p"), "S", "A", 1.0) for ds in sent])
     assert writer.groups == 1 and _instances(store, sent[0].StudyInstanceUID) == 2
 
-    # A database that takes nothing: logged, counted, the thread lives on; the spool recovery
-    # at the next start records what was acknowledged (the "SIGKILL after the ack" case too).
+    # A database that takes nothing: the rows are held (never dropped while the process
+    # lives), reception answers 0xA700 meanwhile, and the held rows are written once it is back.
     rx = _receiver(store, tmp_path)
     rx.writer.retry_delays_s = ()
+    rx.writer.hold_s = 0.2
+    record_instances, record_instance = store.record_instances, store.record_instance
 
     def down(*_: Any, **__: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("disk I/O error"))
 
     store.record_instances = down  # type: ignore[method-assign]
     store.record_instance = down  # type: ignore[method-assign]
+    held = _study(3)
+    rx.start()
+    try:
+        for ds in held[:2]:
+            _send(rx, ds)
+        assert not rx.writer.flush(timeout=10)  # held, not written
+        assert rx.writer.failing and rx.writer.running and rx.writer.lost == 0
+        with pytest.raises(OutOfResources, match="send again later"):
+            _send(rx, held[2])
+        store.record_instances = record_instances  # type: ignore[method-assign]
+        store.record_instance = record_instance  # type: ignore[method-assign]
+        wait = time.monotonic() + 10
+        while rx.writer.failing and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert rx.writer.flush(timeout=10) and not rx.writer.failing
+        assert _instances(store, held[0].StudyInstanceUID) == 2
+        _send(rx, held[2])  # taken again
+    finally:
+        rx.stop()
+    assert _instances(store, held[0].StudyInstanceUID) == 3 and rx.writer.lost == 0
+
+    # Stopped while the database still takes nothing: the spool recovery at the next start
+    # records what was acknowledged (as after a SIGKILL after the acknowledgement).
+    rx = _receiver(store, tmp_path)
+    rx.writer.retry_delays_s = ()
+    store.record_instances = down  # type: ignore[method-assign]
+    store.record_instance = down  # type: ignore[method-assign]
     lost = _study(2)
     rx.start()
     for ds in lost:
         _send(rx, ds)
-    assert rx.writer.flush(timeout=10) and rx.writer.running
     rx.stop()
-    assert rx.writer.lost == 2 and _instances(store, lost[0].StudyInstanceUID) == 0
+    assert rx.writer.lost == 2 and _instances(Store(database_url), lost[0].StudyInstanceUID) == 0
     restarted = _receiver(Store(database_url), tmp_path)
     assert restarted.recover_spool() == 1
     assert _instances(restarted.store, lost[0].StudyInstanceUID) == 2
+
+
+def test_the_first_instance_of_an_association_marks_its_study_as_being_sent_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Its row is written behind the acknowledgement, but a study check must see at once
+    that an association is sending the study (else a check at the quiet deadline could fix a
+    job's inputs while the new series is still arriving)."""
+    store = Store(database_url)
+    rx = _receiver(store, tmp_path)
+    rx.writer.linger_s = 30.0
+    sent = _study(2)
+    rx.start()
+    try:
+        _send(rx, sent[0], first=True)
+        study = store.study(sent[0].StudyInstanceUID)
+        assert study is not None and study.open_associations == 1
+        assert _instances(store, sent[0].StudyInstanceUID) == 0  # the row is still queued
+        _send(rx, sent[1])
+        stored = {(sent[0].StudyInstanceUID, sent[0].SeriesInstanceUID): 2}
+        rx.association_ended("SCANNER", "127.0.0.1", stored, {}, True)
+    finally:
+        rx.stop()
+    study = store.study(sent[0].StudyInstanceUID)
+    assert study is not None and study.open_associations == 0
+    assert _instances(store, sent[0].StudyInstanceUID) == 2
 
 
 def test_limits_count_from_the_database_then_from_memory(tmp_path: Path, database_url: str) -> None:
@@ -217,6 +271,9 @@ def test_a_uid_of_another_study_is_refused_before_it_is_stored(
     assert not (tmp_path / "spool" / reused.StudyInstanceUID).exists()
     assert not (tmp_path / "spool" / series.StudyInstanceUID).exists()
     assert [s["study_uid"] for s in store.list_studies()] == [first.StudyInstanceUID]
+    # The refused studies are not kept in memory (a sender of refused UIDs must not grow it).
+    assert reused.StudyInstanceUID not in rx.admission._studies
+    assert series.StudyInstanceUID not in rx.admission._studies
 
 
 def test_concurrent_senders_of_one_study_never_pass_its_limit(
