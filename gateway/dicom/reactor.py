@@ -170,10 +170,14 @@ def _association_reactor(assoc: Any) -> None:
         if msg:
             assoc._serve_request(msg, context_id)
         if assoc.is_established and assoc.acse.is_release_requested():
-            assoc.acse.send_release(is_response=True)
+            # Unlike pynetdicom: released (and EVT_RELEASED) before the response goes out. The
+            # peer closes the connection as soon as it has the response, and this DUL answers
+            # at once, so its EVT_CONN_CLOSE often came first: a released association looked
+            # cut off, and its study waited assembly.interrupted_wait_s for a resend.
             assoc.is_released = True
             assoc.is_established = False
             evt.trigger(assoc, evt.EVT_RELEASED, {})
+            assoc.acse.send_release(is_response=True)
             assoc.kill()
             return
         if assoc.acse.is_aborted():

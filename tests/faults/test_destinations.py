@@ -69,7 +69,7 @@ def test_destination_down_refusing_hanging_and_failing(make_gateway, tmp_path: P
         what="retries to a destination that is down",
     )
     tried = [d for d in map(lambda u: _delivery(gw, u), uids) if d["attempts"]]
-    assert all(d["state"] == "pending" for d in tried)
+    assert all(d["state"] == "pending" for d in tried), tried
     assert all("association failed" in d["last_status"] for d in tried)
 
     audit = [r for r in gw.store().audit_rows() if r["event"] == "delivery"]

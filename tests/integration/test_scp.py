@@ -264,3 +264,36 @@ def test_silent_peers_are_still_cut_off_by_the_event_driven_loops(scp_factory, t
     assert assoc.is_established
     wait_for(lambda: not assoc.is_established, 4, what="the idle association to be aborted")
     assert assoc.is_aborted
+
+
+def test_released_associations_are_recorded_as_released_not_cut_off(
+    scp_factory, tmp_path: Path
+) -> None:
+    """Defect: the event-driven DUL saw dcmtk close the connection right after our A-RELEASE
+    response, before the association thread reported the release: about one association in
+    six looked cut off, and its study waited assembly.interrupted_wait_s for a resend."""
+    import subprocess
+
+    from tests.conftest import dcmtk_env
+
+    scp, _ = scp_factory(tmp_path / "spool")
+    files = []
+    for k in range(20):
+        ds = mr_slice()
+        path = tmp_path / f"i{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    for path in files:
+        done = subprocess.run(
+            ["storescu", "-aet", "SENDER", "-aec", "AIRCON", "127.0.0.1", str(scp.port), str(path)],
+            capture_output=True,
+            env=dcmtk_env(),
+        )
+        assert done.returncode == 0, done.stderr
+
+    def ended() -> list[str] | None:
+        rows = scp.receiver.store.audit_rows()
+        outcomes = [r["outcome"] for r in rows if r["event"] == "association"]
+        return outcomes if len(outcomes) == len(files) else None
+
+    assert wait_for(ended, 20, what="every association's end") == ["released"] * len(files)
