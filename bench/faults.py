@@ -45,6 +45,7 @@ from tests.faults.harness import (  # noqa: E402
     NNUNET_MODEL,
     QUICK_MODEL,
     CrashHarness,
+    TrialResult,
     random_fault,
     write_template,
 )
@@ -76,8 +77,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(f"seed {seed}; work {root}", flush=True)
     harness = CrashHarness(root, write_template(root / "template"))
-    lost = duplicated = undelivered = 0
-    failed = []
+    results = []
     t0 = time.monotonic()
     for i in range(1, args.trials + 1):
         studies = 2 if rng.random() < 0.3 else 1
@@ -94,14 +94,21 @@ def main() -> int:
             model=model,
             keep=False,
         )
-        lost += len(result.lost)
-        duplicated += len(result.duplicated)
-        undelivered += len(result.undelivered)
         late = result.resent and resend_delay_s
         extra = f", sender retries after {resend_delay_s:.1f} s" if late else ""
         print(f"[{i}/{args.trials}] ({model}{extra}) {result.report()}", flush=True)
-        if not result.ok:
-            failed.append(result)
+        results.append(result)
+    return summarise(args, results, seed, root, t0)
+
+
+def summarise(
+    args: argparse.Namespace, results: list[TrialResult], seed: int, root: Path, t0: float
+) -> int:
+    """The closing lines (the last one is what the issue asks for); 1 when a trial failed."""
+    failed = [r for r in results if not r.ok]
+    lost = sum(len(r.lost) for r in results)
+    duplicated = sum(len(r.duplicated) for r in results)
+    undelivered = sum(len(r.undelivered) for r in results)
     print(f"{args.trials} trials in {time.monotonic() - t0:.0f} s; seed {seed}")
     for result in failed:
         print(f"failed: {result.line()}  ({result.work})")
@@ -121,8 +128,7 @@ def distributed(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(f"seed {seed}; work {root}; receiver + 2 workers on PostgreSQL and Redis", flush=True)
     postgres, redis = PostgresServer().start(), RedisServer().start()
-    lost = duplicated = undelivered = 0
-    failed = []
+    results = []
     t0 = time.monotonic()
     try:
         harness = DistributedHarness(root, write_template(root / "template"), postgres, redis)
@@ -130,22 +136,12 @@ def distributed(args: argparse.Namespace) -> int:
             studies = rng.choice((1, 2, 3))
             fault = random_cluster_fault(rng, studies)
             result = harness.run_cluster(f"trial{i:03d}", fault, studies, keep=False)
-            lost += len(result.lost)
-            duplicated += len(result.duplicated)
-            undelivered += len(result.undelivered)
             print(f"[{i}/{args.trials}] {result.report()}", flush=True)
-            if not result.ok:
-                failed.append(result)
+            results.append(result)
     finally:
         postgres.stop()
         redis.stop()
-    print(f"{args.trials} trials in {time.monotonic() - t0:.0f} s; seed {seed}")
-    for result in failed:
-        print(f"failed: {result.line()}  ({result.work})")
-    if not failed and args.work is None:
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"trials={args.trials} lost={lost} duplicated={duplicated} undelivered={undelivered}")
-    return 1 if failed else 0
+    return summarise(args, results, seed, root, t0)
 
 
 if __name__ == "__main__":
