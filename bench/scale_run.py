@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gateway.db.database import Store
 from gateway.demo.launcher import free_port
 from gateway.demo.node import ReceivingNode
@@ -124,11 +122,8 @@ class ScaleRun:
             model_seconds=model_seconds,
             quiet_s=quiet_s,
             lease_s=30.0,
+            threads=threads,
         )
-        for config in [self.cluster.receiver.config_path] + [w.config for w in self.workers]:
-            raw = yaml.safe_load(config.read_text())
-            raw["segmentation"] = {**raw.get("segmentation", {}), "threads": threads}
-            config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     @functools.cached_property
     def store(self) -> Store:

@@ -101,6 +101,7 @@ class Cluster:
         lease_s: float = 6.0,
         quiet_s: float = 2.0,
         model: str = QUICK_MODEL,
+        threads: int | None = None,
     ):
         self.root = root
         models = write_models(root / "models")
@@ -115,40 +116,34 @@ class Cluster:
             "returned": str(root / "shared" / "returned"),
             "models": str(models),
         }
-        overrides["queue"] = {"workers": 2, "lease_s": lease_s, "poll_s": 0.2}
-        redis = {"backend": "redis", "url": redis_url}
+        # Merged over write_config's local queue file: the cluster's queue is Redis.
+        overrides["queue"] = {
+            "workers": 2,
+            "lease_s": lease_s,
+            "poll_s": 0.2,
+            "backend": "redis",
+            "url": redis_url,
+        }
+        if threads is not None:
+            overrides["segmentation"] = {**overrides["segmentation"], "threads": threads}
         port = free_port()
         self.receiver = GatewayProcess(
-            self._config("receiver", port, destination_port, overrides, redis),
+            self._config("receiver", port, destination_port, overrides),
             command=("serve", "--role", "receiver"),
         )
         self.workers = [
             WorkerProcess(
-                self._config(f"worker{i}", free_port(), destination_port, overrides, redis),
+                self._config(f"worker{i}", free_port(), destination_port, overrides),
                 hostname=f"gpu-worker-{i}",
             )
             for i in range(1, workers + 1)
         ]
 
     def _config(
-        self,
-        name: str,
-        port: int,
-        destination_port: int,
-        overrides: dict[str, Any],
-        redis: dict[str, Any],
+        self, name: str, port: int, destination_port: int, overrides: dict[str, Any]
     ) -> Path:
         work = self.root / name
-        path = write_config(work, port, destination_port=destination_port, overrides=overrides)
-        # write_config puts the queue in a local file; the cluster's is Redis.
-        text = path.read_text()
-        import yaml
-
-        raw = yaml.safe_load(text)
-        raw["queue"] = {**raw["queue"], **redis}
-        raw["queue"].pop("path", None)
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        return path
+        return write_config(work, port, destination_port=destination_port, overrides=overrides)
 
     def start(self) -> Cluster:
         self.receiver.start()  # migrates the database first
