@@ -43,6 +43,14 @@ class Volume:
 
     image: sitk.Image
     datasets: tuple[Dataset, ...]
+    # Per slice, the 1-based frame number in its multi-frame instance (``datasets[k]`` then holds
+    # that instance's top-level headers with the frame's ImagePositionPatient,
+    # ImageOrientationPatient and PixelSpacing); empty for a series of single-frame instances.
+    frames: tuple[int, ...] = ()
+
+    def frame_of(self, k: int) -> int | None:
+        """The frame number of slice ``k`` in its multi-frame instance (None: single-frame)."""
+        return self.frames[k] if self.frames else None
 
     @property
     def sop_instance_uids(self) -> tuple[str, ...]:
