@@ -55,6 +55,7 @@ class ModelsRun:
     """What the models made: label maps on the reference series, and each model's outcome."""
 
     reference: Volume | None = None
+    reference_key: str = ""  # the image set (a key of the job's plan) of ``reference``
     label_maps: dict[str, np.ndarray] = field(default_factory=dict)
     outcomes: dict[str, ModelOutcome] = field(default_factory=dict)
 
@@ -108,6 +109,7 @@ def run_models(
             t2 = time.perf_counter()
             if out.reference is None:
                 out.reference = primary
+                out.reference_key = plan[name][model.primary_index]
             out.label_maps[name] = labels_onto(label_map, primary, out.reference)
         except PermanentError as exc:
             out.outcomes[name] = ModelOutcome(state=ModelState.FAILED, reason=str(exc))
@@ -229,11 +231,11 @@ class JobRunner:
         rule = next(r for r in self.cfg.rules if r.name == job.rule)
         plan = job.job_plan
 
-        def read(series_uid: str) -> imaging.Volume:
-            series = next((s for s in study.series if s.series_uid == series_uid), None)
+        def read(key: str) -> imaging.Volume:
+            series = next((s for s in study.series if s.key == key), None)
             if series is None:
-                raise PermanentError(f"input series {series_uid} is no longer recorded")
-            return imaging.read_series([Path(p) for p in series.paths.values()])
+                raise PermanentError(f"input series {key} is no longer recorded")
+            return imaging.read_image_set(series)
 
         run = run_models(
             plan.runnable,
@@ -275,6 +277,7 @@ class JobRunner:
                 for st in structures
             ),
             reference_series=run.reference.series_instance_uid,
+            reference_key=run.reference_key,
             merge_s=round(time.perf_counter() - t0, 3),
             partial=partial,
         )

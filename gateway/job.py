@@ -87,7 +87,8 @@ class RoiOutcome(_Frozen):
 class JobOutcome(_Frozen):
     models: dict[str, ModelOutcome] = Field(default_factory=dict)
     rois: tuple[RoiOutcome, ...] = ()
-    reference_series: str = ""
+    reference_series: str = ""  # the Series Instance UID the structure set references
+    reference_key: str = ""  # its image set (a key of the plan: "<uid>#<n>" for a channel)
     merge_s: float = 0.0
     partial: str = ""  # why a model of the rule did not contribute ("" when all did)
 

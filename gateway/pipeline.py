@@ -138,7 +138,7 @@ class Pipeline:
             return
         plan = JobPlan(
             models={
-                m: ModelPlan(series=tuple(s.series_uid for s in decision.ready[m].series))
+                m: ModelPlan(series=tuple(s.key for s in decision.ready[m].series))
                 if m in decision.ready
                 else ModelPlan(refused=decision.failed[m])
                 for m in rule.models
@@ -285,7 +285,7 @@ class Pipeline:
 
 def _received(study: StudyInfo, series_uids: list[str]) -> dict[str, float]:
     """When the instances a job's inputs hold arrived: first and last (its 'receive' stage)."""
-    spans = [s.received for s in study.series if s.series_uid in series_uids]
+    spans = [s.received for s in study.series if s.key in series_uids]
     if not spans:
         return {}
     return {

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gateway.grid import Grid, patient_to_pixel
-from gateway.imaging import Volume, sort_slices
+from gateway.imaging import Slices, Volume, sort_slices
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +31,22 @@ class _Reference:
 
     datasets: tuple[Dataset, ...]
     grid: Grid
-    index: dict[str, int]  # SOP Instance UID -> slice index
+    index: dict[str, int]  # SOP Instance UID (":<frame>" for a frame) -> slice index
 
     @classmethod
-    def of(cls, reference: Sequence[Dataset] | Volume) -> _Reference:
+    def of(cls, reference: Sequence[Dataset] | Volume | Slices) -> _Reference:
+        frames: Sequence[int] = ()
         if isinstance(reference, Volume):
-            datasets, grid = reference.datasets, Grid.of(reference.image)
+            datasets, grid, frames = reference.datasets, Grid.of(reference.image), reference.frames
+        elif isinstance(reference, Slices):
+            datasets, grid, frames = reference.datasets, reference.grid, reference.frames
         else:
             datasets, spacing = sort_slices(reference)
             grid = Grid.of_slices(datasets[0], spacing)
-        index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(datasets)}
+        index = {
+            _ref(str(ds.SOPInstanceUID), frames[k] if frames else None): k
+            for k, ds in enumerate(datasets)
+        }
         return cls(datasets, grid, index)
 
     @property
@@ -51,7 +57,13 @@ class _Reference:
     def slice_of(self, contour: Dataset, points: np.ndarray) -> int | None:
         """The slice index a contour lies on: by its referenced SOP Instance, else by plane."""
         for image in contour.get("ContourImageSequence", []):
-            k = self.index.get(str(image.get("ReferencedSOPInstanceUID", "")))
+            try:
+                frame = (
+                    int(image.ReferencedFrameNumber) if "ReferencedFrameNumber" in image else None
+                )
+            except (TypeError, ValueError):
+                frame = None
+            k = self.index.get(_ref(str(image.get("ReferencedSOPInstanceUID", "")), frame))
             if k is not None:
                 return k
         height = float(np.mean(self.grid.slice_coordinate(points))) if len(points) else np.nan
@@ -59,6 +71,10 @@ class _Reference:
             return None
         k = round(height)
         return k if 0 <= k < len(self.datasets) and abs(height - k) <= 0.5 else None
+
+
+def _ref(sop_instance_uid: str, frame: int | None) -> str:
+    return sop_instance_uid if frame is None else f"{sop_instance_uid}:{frame}"
 
 
 def _edges(rings: Sequence[np.ndarray]) -> np.ndarray:
@@ -101,7 +117,7 @@ def _contour_points(contour: Dataset) -> np.ndarray:
 
 
 def rasterize_rtstruct(
-    rtstruct: Dataset, reference: Sequence[Dataset] | Volume
+    rtstruct: Dataset, reference: Sequence[Dataset] | Volume | Slices
 ) -> dict[str, np.ndarray]:
     """Per ROI name, a boolean mask ``(z, y, x)`` on the reference series' grid.
 

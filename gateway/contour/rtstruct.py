@@ -35,6 +35,7 @@ from gateway.errors import ModelError
 from gateway.grid import pixel_to_patient
 from gateway.imaging import Volume
 from gateway.job import Provenance
+from gateway.multiframe import frame_reference, references
 from gateway.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,8 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     return rings
 
 
-def _contour_item(points: np.ndarray, ds: Dataset, number: int) -> Dataset:
-    image = Dataset()
-    image.ReferencedSOPClassUID = ds.SOPClassUID
-    image.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+def _contour_item(points: np.ndarray, ds: Dataset, number: int, frame: int | None) -> Dataset:
+    image = frame_reference(ds, frame)
     item = Dataset()
     item.ContourImageSequence = DicomSequence([image])
     item.ContourGeometricType = "CLOSED_PLANAR"
@@ -124,13 +123,17 @@ def _contour_item(points: np.ndarray, ds: Dataset, number: int) -> Dataset:
     return item
 
 
-def contour_items(mask: np.ndarray, datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Contour Sequence items for a boolean mask ``(z, y, x)`` whose slice k is ``datasets[k]``."""
+def contour_items(
+    mask: np.ndarray, datasets: Sequence[Dataset], frames: Sequence[int] = ()
+) -> list[Dataset]:
+    """Contour Sequence items for a boolean mask ``(z, y, x)`` whose slice k is ``datasets[k]``
+    (frame ``frames[k]`` of a multi-frame image: its reference carries ReferencedFrameNumber)."""
     items: list[Dataset] = []
     for k in (int(i) for i in np.flatnonzero(mask.any(axis=(1, 2)))):
+        frame = frames[k] if frames else None
         for ring in slice_contours(mask[k]):
             points = pixel_to_patient(datasets[k], ring)
-            items.append(_contour_item(points, datasets[k], len(items) + 1))
+            items.append(_contour_item(points, datasets[k], len(items) + 1, frame))
     return items
 
 
@@ -138,7 +141,7 @@ def contour_items(mask: np.ndarray, datasets: Sequence[Dataset]) -> list[Dataset
 # Modules
 
 
-def _scaffold(datasets: Sequence[Dataset]) -> Dataset:
+def _scaffold(datasets: Sequence[Dataset], frames: Sequence[int] = ()) -> Dataset:
     """rt-utils' structure set modules (patient, study, referenced frame of reference and
     series). Not its ``create_rtstruct_dataset``: that starts from a FileDataset with
     ``is_little_endian`` / ``is_implicit_VR`` set, deprecated in pydicom 3 (gone in 4), and every
@@ -153,6 +156,9 @@ def _scaffold(datasets: Sequence[Dataset]) -> Dataset:
     ds_helper.add_study_and_series_information(out, series)
     ds_helper.add_patient_information(out, series)
     ds_helper.add_refd_frame_of_ref_sequence(out, series)
+    # One Contour Image item per slice; a frame of a multi-frame image with its frame number.
+    referenced = out.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    referenced.RTReferencedSeriesSequence[0].ContourImageSequence = references(datasets, frames)
     return out
 
 
@@ -306,7 +312,7 @@ def build_structure_set(
     frame_uid = volume.frame_of_reference_uid
     provenances = list(dict.fromkeys(st.provenance for st in structures))
 
-    ds = _scaffold(datasets)
+    ds = _scaffold(datasets, volume.frames)
     _copy_from_source(ds, datasets[0])
     sop_uid, series_uid = rtstruct_uids(cfg, study_uid, input_series_uids, provenances)
     ds.SOPClassUID = RTStructureSetStorage
@@ -346,7 +352,7 @@ def build_structure_set(
         roi_contour = Dataset()
         roi_contour.ReferencedROINumber = number
         roi_contour.ROIDisplayColor = list(st.roi.color)
-        roi_contour.ContourSequence = DicomSequence(contour_items(st.mask, datasets))
+        roi_contour.ContourSequence = DicomSequence(contour_items(st.mask, datasets, volume.frames))
         structure_rois.append(roi)
         contours.append(roi_contour)
         observations.append(observation)

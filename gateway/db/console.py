@@ -192,9 +192,13 @@ class ConsoleQueries(PeerModelQueries):
             return out, int(total)
 
     def series_descriptions(self, series_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Series attributes per image set key (a multi-frame channel ``<uid>#<n>`` gets its
+        series' attributes)."""
+        uids = {key: key.split("#")[0] for key in series_uids}
         with self.session() as s:
-            q = select(SeriesRow).where(SeriesRow.series_uid.in_(list(series_uids)))
-            return {r.series_uid: dict(r.attributes or {}) for r in s.scalars(q)}
+            q = select(SeriesRow).where(SeriesRow.series_uid.in_(set(uids.values())))
+            rows = {r.series_uid: dict(r.attributes or {}) for r in s.scalars(q)}
+        return {key: rows[uid] for key, uid in uids.items() if uid in rows}
 
     def activity(self, since: float) -> dict[str, Any]:
         """What happened since ``since``: studies, instances, jobs and deliveries by state."""

@@ -33,7 +33,8 @@ class DeliveryState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """The geometry attributes of one single-frame image, as recorded at reception."""
+    """The geometry attributes of one slice, as recorded at reception: a single-frame image, or
+    frame ``frame`` (1-based) of a multi-frame image (``stack``: its StackID)."""
 
     sop_instance_uid: str
     frame_of_reference_uid: str | None
@@ -43,6 +44,15 @@ class SliceGeometry:
     rows: int | None
     columns: int | None
     frames: int | None = None  # NumberOfFrames (multi-frame instances)
+    frame: int | None = None  # this slice's frame number in a multi-frame instance
+    stack: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """What names this slice: the SOP Instance UID, with ``:<frame>`` for a frame."""
+        return (
+            self.sop_instance_uid if self.frame is None else f"{self.sop_instance_uid}:{self.frame}"
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,21 @@ class SeriesInfo:
     # (first, last) arrival of the instances held now: a resend moves both.
     received: tuple[float, float] = (0.0, 0.0)
     patient_key: str = ""  # as InstanceRecord's, of the series' first instance; "" not known
+    # One channel of the series' multi-frame instances ("" for the series itself): "#<n>", n
+    # counting the channels of the series from 1 (see :mod:`gateway.multiframe`).
+    part: str = ""
+
+    @property
+    def key(self) -> str:
+        """What names this image set in a job's plan: the Series Instance UID (and its part)."""
+        return self.series_uid + self.part
+
+    def frames_of(self, sop_instance_uid: str) -> tuple[int, ...]:
+        """The frames of a multi-frame instance that belong to this image set (empty: all of a
+        single-frame instance)."""
+        return tuple(
+            s.frame for s in self.slices if s.sop_instance_uid == sop_instance_uid and s.frame
+        )
 
 
 @dataclass(frozen=True)

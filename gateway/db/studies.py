@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from gateway.db.image_sets import image_sets
 from gateway.db.records import JobState, SeriesInfo, SliceGeometry, StudyInfo, StudyTimes
 from gateway.db.tables import InstanceRow, JobRow, SeriesRow, StudyRow
 from gateway.db.work import recheck_by
@@ -122,20 +123,21 @@ class StudyQueries:
                 inst = s.scalars(
                     select(InstanceRow).where(InstanceRow.series_uid == se.series_uid)
                 ).all()
-                series.append(
-                    SeriesInfo(
-                        series_uid=se.series_uid,
-                        attributes=dict(se.attributes),
-                        first_received_at=se.first_received_at,
-                        last_received_at=se.last_received_at,
-                        slices=tuple(_slice(i.sop_instance_uid, i.geometry) for i in inst),
-                        paths={i.sop_instance_uid: i.path for i in inst},
-                        received=(
-                            min((i.received_at for i in inst), default=se.first_received_at),
-                            max((i.received_at for i in inst), default=se.last_received_at),
-                        ),
-                        patient_key=se.patient_key or "",
-                    )
+                base = SeriesInfo(
+                    series_uid=se.series_uid,
+                    attributes=dict(se.attributes),
+                    first_received_at=se.first_received_at,
+                    last_received_at=se.last_received_at,
+                    slices=tuple(_slice(i.sop_instance_uid, i.geometry) for i in inst),
+                    paths={i.sop_instance_uid: i.path for i in inst},
+                    received=(
+                        min((i.received_at for i in inst), default=se.first_received_at),
+                        max((i.received_at for i in inst), default=se.last_received_at),
+                    ),
+                    patient_key=se.patient_key or "",
+                )
+                series.extend(
+                    image_sets(base, {i.sop_instance_uid: i.geometry or {} for i in inst})
                 )
             return StudyInfo(
                 study_uid=st.study_uid,

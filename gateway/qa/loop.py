@@ -24,7 +24,7 @@ from gateway.contour.reader import rasterize_rtstruct
 from gateway.db.database import Store
 from gateway.db.records import JobState, QaRecord, QaStatus, StudyInfo
 from gateway.errors import PermanentError
-from gateway.imaging import sort_slices
+from gateway.imaging import Slices, read_headers
 from gateway.job import Provenance
 from gateway.qa import metrics
 from gateway.qa.pairing import AiSet, Answer, match_rois, pair, rank
@@ -105,7 +105,7 @@ class QaLoop:
             )
             self.store.finish_structure_set(uid, self.clock(), reason=reason)
             return []
-        series = next(s for s in study.series if s.series_uid == ai.reference_series)
+        series = next(s for s in study.series if s.key == ai.reference_key)
         if series.patient_key and patient_key(approved, self.store.patient_salt) != (
             series.patient_key
         ):
@@ -115,7 +115,7 @@ class QaLoop:
             )
         job = self.store.job(ai.job_id)
         assert job is not None and job.rtstruct_path
-        reference = _reference(study, ai.reference_series)
+        reference = _reference(study, ai.reference_key)
         records = compare_sets(
             self.cfg,
             dcmread(job.rtstruct_path),
@@ -157,7 +157,8 @@ class QaLoop:
             if not job.rtstruct_uid or not job.rtstruct_path or job.state != JobState.DONE.value:
                 continue
             ref = job.job_outcome.reference_series
-            series = next((s for s in study.series if s.series_uid == ref), None)
+            key = job.job_outcome.reference_key or ref
+            series = next((s for s in study.series if s.key == key), None)
             frame = _frame(Path(job.rtstruct_path))
             if series is None or frame is None:
                 continue
@@ -170,6 +171,7 @@ class QaLoop:
                     ref,
                     frozenset(series.paths),
                     frozenset(p.label for p in job.job_outcome.ran),
+                    key,
                 )
             )
         return out
@@ -182,20 +184,20 @@ def _frame(path: Path) -> str | None:
         return None
 
 
-def _reference(study: StudyInfo, series_uid: str) -> tuple[Dataset, ...]:
-    series = next(s for s in study.series if s.series_uid == series_uid)
+def _reference(study: StudyInfo, key: str) -> Slices:
+    series = next(s for s in study.series if s.key == key)
+    frames = {uid: f for uid in series.paths if (f := series.frames_of(uid))}
     try:
-        datasets = [dcmread(p, stop_before_pixels=True) for p in series.paths.values()]
+        return read_headers([Path(p) for p in series.paths.values()], frames or None)
     except OSError as exc:
         raise PermanentError(f"the AI structure set's images are no longer held: {exc}") from None
-    return sort_slices(datasets)[0]
 
 
 def compare_sets(
     cfg: GatewayConfig,
     ai: Dataset,
     approved: Dataset,
-    reference: tuple[Dataset, ...],
+    reference: Slices,
     provenance: dict[str, Provenance],
     base: QaRecord,
 ) -> list[QaRecord]:
@@ -251,9 +253,9 @@ def compare_sets(
     return out
 
 
-def _spacing(reference: tuple[Dataset, ...]) -> tuple[float, float, float]:
+def _spacing(reference: Slices) -> tuple[float, float, float]:
     """(z, y, x) in mm: slice spacing, then PixelSpacing (row spacing, column spacing)."""
-    _, between = sort_slices(reference)
-    rows, columns = (float(v) for v in reference[0].PixelSpacing)
-    thickness = float(reference[0].get("SliceThickness", 0) or 0)
-    return (between or thickness or 1.0, rows, columns)
+    first = reference.datasets[0]
+    rows, columns = (float(v) for v in first.PixelSpacing)
+    thickness = float(first.get("SliceThickness", 0) or 0)
+    return (reference.spacing or thickness or 1.0, rows, columns)

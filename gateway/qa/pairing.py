@@ -42,6 +42,11 @@ class AiSet:
     reference_series: str
     reference_instances: frozenset[str]  # SOP Instance UIDs of the reference series
     models: frozenset[str] = frozenset()  # provenance labels ("name version") of its ROIs
+    reference_key: str = ""  # the image set (series, or a channel of its frames) it was made on
+
+    def __post_init__(self) -> None:
+        if not self.reference_key:
+            object.__setattr__(self, "reference_key", self.reference_series)
 
 
 @dataclass(frozen=True)

@@ -184,11 +184,11 @@ def _score(ctx: _Context, files: case_files.CaseFiles, result: CaseResult) -> No
         raise ValueError(f"refused: {decision.waiting.reason}")
     if decision.failed:
         raise ValueError("refused: " + "; ".join(decision.failed.values()))
-    series = {s.series_uid: s for s in study.series}
-    runnable = {ctx.model.name: tuple(s.series_uid for s in decision.ready[ctx.model.name].series)}
+    series = {s.key: s for s in study.series}
+    runnable = {ctx.model.name: tuple(s.key for s in decision.ready[ctx.model.name].series)}
 
     def read(uid: str) -> imaging.Volume:
-        return imaging.read_series([Path(p) for p in series[uid].paths.values()])
+        return imaging.read_image_set(series[uid])
 
     run = run_models(runnable, cfg.models, read, ctx.segmenters, ctx.slots)
     outcome = run.outcomes[ctx.model.name]

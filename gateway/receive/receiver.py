@@ -27,6 +27,7 @@ from gateway.db.reception import Received
 from gateway.db.records import InstanceRecord
 from gateway.errors import InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
+from gateway.multiframe import describe_frames
 from gateway.receive.admission import Admission
 from gateway.receive.checks import check_dataset, check_encoding
 from gateway.receive.spool import Spool
@@ -115,6 +116,14 @@ def studies_of_patient(store: Store, patient_id: str, issuer: str = "") -> list[
     return store.studies_for_patient_key(key) if key else []
 
 
+def _geometry(ds: Dataset) -> dict[str, Any]:
+    geometry = {k: v for k in GEOMETRY_KEYWORDS if (v := _get(ds, k)) is not None}
+    frames = describe_frames(ds)
+    if frames is not None:
+        geometry["Frames"] = frames
+    return geometry
+
+
 def describe_instance(ds: Dataset, path: str = "", *, salt: str = "") -> InstanceRecord:
     """Pick the UIDs, series attributes and geometry of a received dataset, and its
     :func:`patient_key` under ``salt`` (none without a salt).
@@ -134,7 +143,7 @@ def describe_instance(ds: Dataset, path: str = "", *, salt: str = "") -> Instanc
         sop_class_uid=uids["SOPClassUID"],
         path=path,
         series_attributes={k: v for k in SERIES_KEYWORDS if (v := _get(ds, k)) is not None},
-        geometry={k: v for k in GEOMETRY_KEYWORDS if (v := _get(ds, k)) is not None},
+        geometry=_geometry(ds),
         patient_key=patient_key(ds, salt) if salt else "",
     )
 

@@ -27,7 +27,7 @@ from gateway.study.routing import select_series
 @dataclass(frozen=True)
 class Ready:
     series: tuple[SeriesInfo, ...]  # one per channel, in channel order
-    order: tuple[tuple[str, ...], ...]  # per channel: SOP Instance UIDs sorted along the normal
+    order: tuple[tuple[str, ...], ...]  # per channel: slice refs sorted along the normal
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,21 @@ def decide(
         if now < quiet_at:
             waits.append(Waiting(f"{label}: series still receiving", min(quiet_at, deadline)))
             continue
-        multi = [g for g in series.slices if (g.frames or 1) > 1]
-        if multi:
-            number = series.attributes.get("SeriesNumber", "?")
+        number = series.attributes.get("SeriesNumber", "?")
+        unframed = [g for g in series.slices if (g.frames or 1) > 1 and g.frame is None]
+        if unframed:
             return Failed(
-                f"{label}: series {number} holds {len(multi)} multi-frame (enhanced) instance(s): "
-                "only single-frame images are supported"
+                f"{label}: series {number} holds {len(unframed)} multi-frame instance(s) "
+                "recorded without their frames (received before this release): send it again"
             )
         check = check_volume(series.slices)
+        if not check.ok and all(g.frame is not None for g in series.slices):
+            # A multi-frame object arrives whole: no later instance mends its frames.
+            return Failed(
+                f"{label}: series {number}{_part(series)} is not one volume: "
+                + "; ".join(check.problems)
+            )
         if not check.ok:
-            number = series.attributes.get("SeriesNumber", "?")
             waits.append(
                 Waiting(
                     f"{label}: series {number} is not one volume: {'; '.join(check.problems)}",
@@ -133,6 +138,15 @@ def decide(
     if problems:
         return Failed("outside the model's intended use: " + "; ".join(problems))
     return Ready(tuple(chosen), tuple(orders))
+
+
+def _part(series: SeriesInfo) -> str:
+    """Which frames of a multi-frame series an image set is, for a reason a user reads."""
+    if not series.part:
+        return ""
+    kind = series.attributes.get("ImageType")
+    shown = "\\".join(str(v) for v in kind) if isinstance(kind, list | tuple) else kind
+    return f" (frames of type {shown})" if shown else f" (channel {series.part})"
 
 
 def _frame(series: SeriesInfo) -> str | None:

@@ -30,7 +30,7 @@ class VolumeCheck:
     """The outcome of :func:`check_volume`: ``problems`` is empty when the slices form a volume."""
 
     problems: tuple[str, ...]
-    order: tuple[str, ...]  # SOP Instance UIDs sorted along the normal (empty on problems)
+    order: tuple[str, ...]  # slice refs (SliceGeometry.ref) sorted along the normal; () on problems
     slice_spacing: float | None
 
     @property
@@ -45,6 +45,10 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
     problems: list[str] = []
     if not slices:
         return VolumeCheck(("no slices",), (), None)
+    if any(s.frame is not None for s in slices):
+        problem = _frame_problem(slices)
+        if problem:
+            return VolumeCheck((problem,), (), None)
     missing = [s for s in slices if None in (s.position, s.orientation, s.pixel_spacing, s.rows)]
     if missing:
         return VolumeCheck(
@@ -99,7 +103,7 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
     dist_sorted = dist[idx]
     pos_sorted = pos[idx]
     if len(slices) < 2:
-        return VolumeCheck((), (slices[0].sop_instance_uid,), None)
+        return VolumeCheck((), (slices[0].ref,), None)
     steps = np.diff(dist_sorted)
     if np.any(steps < POSITION_TOLERANCE_MM):
         n = int(np.sum(steps < POSITION_TOLERANCE_MM))
@@ -123,4 +127,35 @@ def check_volume(slices: Sequence[SliceGeometry]) -> VolumeCheck:
         problems.append("slice positions are not along the slice normal (sheared or tilted)")
     if problems:
         return VolumeCheck(tuple(problems), (), spacing)
-    return VolumeCheck((), tuple(slices[i].sop_instance_uid for i in idx), spacing)
+    return VolumeCheck((), tuple(slices[i].ref for i in idx), spacing)
+
+
+def _frame_problem(slices: Sequence[SliceGeometry]) -> str | None:
+    """What is wrong with the per-frame geometry of multi-frame instances, in the words of
+    their functional groups: frames without a position, orientation or pixel spacing, or
+    stacks of one image set with different orientations."""
+    frames = [s for s in slices if s.frame is not None]
+    for attr, group in (
+        ("position", "PlanePositionSequence"),
+        ("orientation", "PlaneOrientationSequence"),
+        ("pixel_spacing", "PixelMeasuresSequence"),
+    ):
+        lacking = [s.frame for s in frames if getattr(s, attr) is None]
+        if lacking:
+            shown = ", ".join(str(f) for f in lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+            return (
+                f"{len(lacking)} frame(s) without a {attr.replace('_', ' ')} ({group}): "
+                f"frame(s) {shown}"
+            )
+    by_stack: dict[str | None, np.ndarray] = {}
+    for s in frames:
+        by_stack.setdefault(s.stack, np.asarray(s.orientation, dtype=float))
+    if len(by_stack) > 1:
+        first = next(iter(by_stack.values()))
+        if any(np.max(np.abs(o - first)) > ORIENTATION_TOLERANCE for o in by_stack.values()):
+            names = ", ".join(str(k) for k in by_stack)
+            return (
+                f"stacks {names} of one image set have different orientations "
+                "(PlaneOrientationSequence): one volume needs one orientation"
+            )
+    return None
