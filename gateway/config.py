@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -60,6 +60,12 @@ def _check_ae_title(value: str) -> str:
         raise ValueError("AE title must not be all spaces")
     if "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
         raise ValueError("AE title may hold printable ASCII only, without backslash")
+    return value
+
+
+def _unique(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError("each output at most once")
     return value
 
 
@@ -135,10 +141,16 @@ class PeerConfig(Frozen):
 
 
 class DestinationConfig(Frozen):
+    """A planning system or archive; ``outputs``: what it gets of each job, in one association
+    (``rtstruct``, ``seg``: a DICOM Segmentation of the same ROIs)."""
+
     ae_title: AETitle
     host: str
     port: Port
     tls: ClientTls | None = None
+    outputs: Annotated[
+        tuple[Literal["rtstruct", "seg"], ...], Field(min_length=1), AfterValidator(_unique)
+    ] = ("rtstruct",)
 
 
 class LimitsConfig(Frozen):
@@ -217,6 +229,11 @@ class RtstructConfig(Frozen):
     manufacturer: str = "AIRCON"
     series_description: Annotated[str, Field(max_length=64)] = "AI contours - REVIEW REQUIRED"
     structure_set_label: Annotated[str, Field(max_length=16)] = "AI UNAPPROVED"
+    # On a multi-frame primary: reference its frames (ReferencedFrameNumber), or a classic
+    # single-frame copy of them that is sent along (for planning systems that need one).
+    multiframe_reference: Literal["frames", "classic_copy"] = "frames"
+    seg_type: Literal["binary", "fractional"] = "binary"  # DICOM SEG output (``outputs: [seg]``)
+    seg_series_description: Annotated[str, Field(max_length=64)] = "AI segments - REVIEW REQUIRED"
 
 
 class RuleMatch(Frozen):

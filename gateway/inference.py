@@ -33,6 +33,7 @@ from gateway.segment.spec import ModelSpec
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from gateway.contour.outputs import Outputs
     from gateway.contour.rtstruct import Structure
 
 log = logging.getLogger(__name__)
@@ -126,29 +127,69 @@ def run_models(
     return out
 
 
+def structures_of(cfg: GatewayConfig, rule: RuleConfig, run: ModelsRun) -> list[Structure]:
+    """The rule's structures made from ``run``'s label maps (clinic names, the preferred model
+    where two make the same ROI)."""
+    from gateway.contour import rtstruct
+    from gateway.contour.structures import plan_structures
+
+    maps, models = run.label_maps, cfg.models
+    planned = plan_structures(rule, models, cfg.roi_names, available=maps)
+    return [
+        rtstruct.Structure(maps[p.model] == p.label, p.roi, models[p.model].provenance)
+        for p in planned
+    ]
+
+
 def structure_set(
     cfg: GatewayConfig,
     rule: RuleConfig,
     run: ModelsRun,
     runnable: Mapping[str, Sequence[str]],
 ) -> tuple[list[Structure], Dataset]:
-    """The rule's structures made from ``run``'s label maps and the one RTSTRUCT holding them on
-    the reference series (``runnable``: model -> the series it read, as in the job's plan)."""
+    """The rule's structures and the one RTSTRUCT holding them on the reference series
+    (``runnable``: model -> the series it read, as in the job's plan)."""
     from gateway.contour import rtstruct
-    from gateway.contour.structures import plan_structures
 
     assert run.reference is not None
-    maps, models = run.label_maps, cfg.models
-    planned = plan_structures(rule, models, cfg.roi_names, available=maps)
-    structures = [
-        rtstruct.Structure(maps[p.model] == p.label, p.roi, models[p.model].provenance)
-        for p in planned
-    ]
-    used = list(dict.fromkeys(u for m in maps for u in runnable[m]))
+    structures = structures_of(cfg, rule, run)
     ds = rtstruct.build_structure_set(
-        run.reference, structures, cfg.rtstruct, input_series_uids=used
+        run.reference, structures, cfg.rtstruct, input_series_uids=_used(run, runnable)
     )
     return structures, ds
+
+
+def _used(run: ModelsRun, runnable: Mapping[str, Sequence[str]]) -> list[str]:
+    """The image sets the models that ran read (with the study and models, they fix the output
+    UIDs)."""
+    return list(dict.fromkeys(u for m in run.label_maps for u in runnable[m]))
+
+
+def job_outputs(
+    cfg: GatewayConfig,
+    rule: RuleConfig,
+    run: ModelsRun,
+    runnable: Mapping[str, Sequence[str]],
+    sources: Mapping[str, Path],
+) -> tuple[list[Structure], Outputs]:
+    """The structures and every output the rule's destinations take (a SEG only when one of
+    them has ``seg`` among its ``outputs``); ``sources``: the reference's files."""
+    from gateway.contour.outputs import build_outputs
+
+    structures = structures_of(cfg, rule, run)
+    assert run.reference is not None
+    seg = any(
+        "seg" in cfg.destinations[d].outputs for d in rule.destinations if d in cfg.destinations
+    )
+    outputs = build_outputs(
+        run.reference,
+        structures,
+        cfg.rtstruct,
+        input_series_uids=_used(run, runnable),
+        seg=seg,
+        sources=sources,
+    )
+    return structures, outputs
 
 
 class _Cancelled(Exception):
@@ -221,7 +262,6 @@ class JobRunner:
 
     def _run(self, job_id: int) -> None:
         from gateway import imaging
-        from gateway.contour import rtstruct
 
         job = self.store.job(job_id)
         assert job is not None
@@ -262,9 +302,17 @@ class JobRunner:
             log.warning("job %d failed: %s", job_id, partial or "no model produced a result")
             return
         t0 = time.perf_counter()
-        structures, ds = structure_set(self.cfg, rule, run, plan.runnable)
-        out = self.cfg.paths.output / job.study_uid / f"{ds.SOPInstanceUID}.dcm"
-        rtstruct.write_dataset(ds, out)
+        reference = next(s for s in study.series if s.key == run.reference_key)
+        structures, outputs = job_outputs(
+            self.cfg,
+            rule,
+            run,
+            plan.runnable,
+            {uid: Path(p) for uid, p in reference.paths.items()},
+        )
+        ds = outputs.rtstruct
+        artifacts = outputs.write(self.cfg.paths.output / job.study_uid)
+        out = Path(next(a.path for a in artifacts if a.kind == "rtstruct"))
         spacing = run.reference.image.GetSpacing()
         outcome = JobOutcome(
             models=outcomes,
@@ -276,10 +324,11 @@ class JobRunner:
                 )
                 for st in structures
             ),
-            reference_series=run.reference.series_instance_uid,
+            reference_series=outputs.reference.series_instance_uid,
             reference_key=run.reference_key,
             merge_s=round(time.perf_counter() - t0, 3),
             partial=partial,
+            artifacts=artifacts,
         )
         preview = write_preview(run.reference, structures, out.with_suffix(".png"))
         ids = self.store.finish_run(

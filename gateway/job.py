@@ -13,6 +13,7 @@ recorded per model (``ModelOutcome.wait_s``), apart from the model's own run (``
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
@@ -84,6 +85,15 @@ class RoiOutcome(_Frozen):
     volume_cc: float
 
 
+class Artifact(_Frozen):
+    """One file a job made for its destinations: the RTSTRUCT, a DICOM SEG (``seg``), or an
+    image of the classic copy of a multi-frame primary (``image``)."""
+
+    kind: Literal["rtstruct", "seg", "image"]
+    path: str
+    uid: str  # its SOP Instance UID
+
+
 class JobOutcome(_Frozen):
     models: dict[str, ModelOutcome] = Field(default_factory=dict)
     rois: tuple[RoiOutcome, ...] = ()
@@ -91,6 +101,15 @@ class JobOutcome(_Frozen):
     reference_key: str = ""  # its image set (a key of the plan: "<uid>#<n>" for a channel)
     merge_s: float = 0.0
     partial: str = ""  # why a model of the rule did not contribute ("" when all did)
+    artifacts: tuple[Artifact, ...] = ()  # in sending order (empty: the RTSTRUCT alone)
+
+    def files_for(self, outputs: tuple[str, ...], rtstruct_path: str) -> list[str]:
+        """The files a destination taking ``outputs`` gets, in sending order: the images the
+        structure set and SEG reference (if copies were made), then those outputs."""
+        if not self.artifacts:
+            return [rtstruct_path] if "rtstruct" in outputs else []
+        wanted = {*outputs, "image"}
+        return [a.path for a in self.artifacts if a.kind in wanted]
 
     @property
     def ran(self) -> list[Provenance]:

@@ -71,6 +71,8 @@ class AuditQueries:
                 s.scalars(select(InstanceRow.path).where(InstanceRow.series_uid.in_(series)))
             )
             for job in s.scalars(select(JobRow).where(JobRow.study_uid == study_uid)):
+                # The SEG and classic copy beside the RTSTRUCT (the RTSTRUCT is one of them).
+                paths += [a.path for a in job.job_outcome.artifacts if a.path != job.rtstruct_path]
                 if job.rtstruct_path:
                     paths.append(job.rtstruct_path)
                     job.rtstruct_path = None

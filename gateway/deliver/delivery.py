@@ -104,8 +104,13 @@ class Deliverer:
             why = f"destination '{d.destination}' not configured"
             self._finish(delivery_id, DeliveryState.FAILED, attempt, why, "rejected")
             return
+        files = job.job_outcome.files_for(dest.outputs, job.rtstruct_path)
+        if not files:
+            why = f"nothing of outputs {list(dest.outputs)} was made for this job"
+            self._finish(delivery_id, DeliveryState.FAILED, attempt, why, "rejected")
+            return
         try:
-            self._send(dest, Path(job.rtstruct_path))
+            self._send(dest, [Path(f) for f in files])
         except RetriableError as exc:
             if attempt >= self.cfg.max_attempts:
                 log.warning("job %d: delivery to %s parked: %s", d.job_id, d.destination, exc)
@@ -128,15 +133,15 @@ class Deliverer:
             log.warning("job %d: delivery to %s rejected: %s", d.job_id, d.destination, exc)
             self._finish(delivery_id, DeliveryState.FAILED, attempt, str(exc), "rejected")
             return
-        log.info("job %d: RTSTRUCT delivered to %s", d.job_id, d.destination)
+        log.info("job %d: %d file(s) delivered to %s", d.job_id, len(files), d.destination)
         self._finish(delivery_id, DeliveryState.DELIVERED, attempt, "0x0000", "delivered")
 
-    def _send(self, dest: DestinationConfig, path: Path) -> None:
+    def _send(self, dest: DestinationConfig, files: list[Path]) -> None:
         try:
             self.sender(
                 dest,
                 self.ae_title,
-                [path],
+                files,
                 timeout=self.cfg.timeout_s,
                 before_send=lambda: self.crash.hit("deliver.before_send"),
             )

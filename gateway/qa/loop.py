@@ -169,7 +169,9 @@ class QaLoop:
                     study.study_uid,
                     frame,
                     ref,
-                    frozenset(series.paths),
+                    # With a classic copy sent along, the approved set refers to the copy.
+                    frozenset(series.paths)
+                    | {a.uid for a in job.job_outcome.artifacts if a.kind == "image"},
                     frozenset(p.label for p in job.job_outcome.ran),
                     key,
                 )
