@@ -217,9 +217,11 @@ class GatewayProcess(Gateway):
     describes them."""
 
     def storescu(
-        self, path: Path, calling_ae: str = "STORESCU"
+        self, path: Path, calling_ae: str = "STORESCU", *, required: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        args = ["storescu", "-aet", calling_ae, "-aec", "AIRCON"]
+        """Send with dcmtk storescu; ``required``: propose the files' own SOP classes (``-R``;
+        storescu's default list lacks e.g. Legacy Converted Enhanced MR)."""
+        args = ["storescu", "-aet", calling_ae, "-aec", "AIRCON", *(["-R"] if required else [])]
         if path.is_dir():
             args += ["+sd", "+r"]
         return subprocess.run(

@@ -61,7 +61,13 @@ from gateway.receive.structure_sets import RT_STRUCTURE_SET_STORAGE
 
 log = logging.getLogger(__name__)
 
-STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage, CTImageStorage, RTStructureSetStorage)
+STORAGE_CLASSES = (
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    CTImageStorage,
+    RTStructureSetStorage,
+)
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

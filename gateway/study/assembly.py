@@ -23,6 +23,12 @@ from gateway.study import guardrails
 from gateway.study.geometry import check_volume
 from gateway.study.routing import select_series
 
+# Storage classes we store but no model reads (a selector that picks one fails with the reason).
+NOT_MODEL_INPUT = {
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR Spectroscopy",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color",
+}
+
 
 @dataclass(frozen=True)
 class Ready:
@@ -87,6 +93,9 @@ def decide(
             waits.append(Waiting(f"{label}: series still receiving", min(quiet_at, deadline)))
             continue
         number = series.attributes.get("SeriesNumber", "?")
+        kind = NOT_MODEL_INPUT.get(str(series.attributes.get("SOPClassUID", "")))
+        if kind:
+            return Failed(f"{label}: series {number} is {kind}: not an image a model can read")
         unframed = [g for g in series.slices if (g.frames or 1) > 1 and g.frame is None]
         if unframed:
             return Failed(

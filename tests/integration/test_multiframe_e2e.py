@@ -1,0 +1,83 @@
+"""What scanners really send, end to end with dcmtk storescu -> AIRCON -> Orthanc: a multi-frame
+(Legacy Converted Enhanced MR) ProstateX T2 gives the same TAPS prostate as the classic series,
+and a DICOM SEG goes out beside the RTSTRUCT."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from gateway.contour.reader import dice, rasterize_rtstruct
+from gateway.imaging import read_headers
+from tests.conftest import PROSTATEX_T2, rule, wait_for
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+
+
+def legacy_t2(out_dir: Path) -> Path:
+    """The ProstateX T2 as one Legacy Converted Enhanced MR object, in a study of its own (same
+    patient and frame of reference, new Study, Series and SOP Instance UIDs)."""
+    sources = [pydicom.dcmread(p) for p in sorted(PROSTATEX_T2.glob("*.dcm"))]
+    study_uid = generate_uid()
+    for ds in sources:
+        ds.StudyInstanceUID = study_uid
+    converted = hd.legacy.LegacyConvertedEnhancedMRImage(
+        sources,
+        series_instance_uid=generate_uid(),
+        series_number=104,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "t2-legacy.dcm"
+    converted.save_as(path)
+    return path
+
+
+def _roi_mask(rt_path: Path, reference: object, name: str) -> np.ndarray:
+    return rasterize_rtstruct(pydicom.dcmread(rt_path), reference)[name]  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # TAPS twice on the T2: 70-200 s
+def test_multiframe_t2_gives_the_classic_contour(
+    make_gateway, orthanc, prostatex, tmp_path
+) -> None:
+    gw = make_gateway(destination_port=orthanc.dicom_port, rules=[rule("prostate-mr", ["taps"])])
+    gw.start()
+    legacy = legacy_t2(tmp_path / "legacy")
+    assert gw.storescu(PROSTATEX_T2).returncode == 0
+    r = gw.storescu(legacy, required=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = gw.wait_jobs(2, timeout=400)
+    assert [j["state"] for j in jobs] == ["done", "done"], jobs
+    rt_ids = wait_for(
+        lambda: (ids := orthanc.instances_of_modality("RTSTRUCT")) and len(ids) == 2 and ids,
+        30,
+        what="2 RTSTRUCTs",
+    )
+    paths = [orthanc.download(i, tmp_path / f"rt{n}.dcm") for n, i in enumerate(rt_ids)]
+    by_sop_class = {}
+    for p in paths:
+        rt = pydicom.dcmread(p)
+        image = rt.ROIContourSequence[0].ContourSequence[0].ContourImageSequence[0]
+        by_sop_class[str(image.ReferencedSOPClassUID)] = (p, rt)
+        assert _dciodvfy_errors(p) == []
+    multi_path, multi = by_sop_class["1.2.840.10008.5.1.4.1.1.4.4"]
+    classic_path, _ = by_sop_class["1.2.840.10008.5.1.4.1.1.4"]
+    refs = [c.ContourImageSequence[0] for c in multi.ROIContourSequence[0].ContourSequence]
+    assert all("ReferencedFrameNumber" in r for r in refs)
+    classic = read_headers(sorted(PROSTATEX_T2.glob("*.dcm")))
+    frames = read_headers([legacy])
+    a = _roi_mask(classic_path, classic, "Prostate")
+    b = _roi_mask(multi_path, frames, "Prostate")
+    assert a.sum() > 1000
+    assert dice(a, b) >= 0.99
