@@ -60,9 +60,24 @@ _NOT_CLINICAL = (
     "meaningless."
 )
 _LABELS = {
-    1: {"name": "Prostate", "color": [255, 0, 0], "type": "ORGAN"},
-    2: {"name": "Bladder", "color": [255, 255, 0], "type": "ORGAN"},
-    3: {"name": "Rectum", "color": [0, 200, 255], "type": "ORGAN"},
+    1: {
+        "name": "Prostate",
+        "color": [255, 0, 0],
+        "type": "ORGAN",
+        "code": {"scheme": "SCT", "value": "41216001", "meaning": "Prostate"},
+    },
+    2: {
+        "name": "Bladder",
+        "color": [255, 255, 0],
+        "type": "ORGAN",
+        "code": {"scheme": "SCT", "value": "89837001", "meaning": "Bladder"},
+    },
+    3: {
+        "name": "Rectum",
+        "color": [0, 200, 255],
+        "type": "ORGAN",
+        "code": {"scheme": "SCT", "value": "34402009", "meaning": "Rectum"},
+    },
 }
 _NNUNET = {
     "folder": "nnunet",

@@ -60,10 +60,18 @@ def clinic_roi(label: RoiSpec, roi_names: Mapping[str, RoiSpec]) -> RoiSpec:
     key = _key(label.name)
     for name, spec in roi_names.items():
         if _key(name) == key:
-            return spec
+            return _with_codes(spec, label)
     if key in _TG263:
-        return _TG263[key].model_copy(update={"type": label.type})
+        return _with_codes(_TG263[key].model_copy(update={"type": label.type}), label)
     return label
+
+
+def _with_codes(spec: RoiSpec, label: RoiSpec) -> RoiSpec:
+    # A clinic name is still the same structure: it keeps the model's codes (DICOM SEG) unless
+    # the clinic gives its own.
+    if spec.code is not None or label.code is None:
+        return spec
+    return spec.model_copy(update={"code": label.code, "category": label.category})
 
 
 def canonical_name(name: str, roi_names: Mapping[str, RoiSpec]) -> str:

@@ -102,12 +102,34 @@ class SeriesSelector(Frozen):
 # Models (models/<name>/model.yaml)
 
 
+class CodeSpec(Frozen):
+    """A coded concept (one item of a DICOM code sequence), written in YAML as
+    ``{scheme: SCT, value: "41216001", meaning: Prostate}``."""
+
+    scheme: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$")]  # CodingSchemeDesignator
+    value: Annotated[str, Field(min_length=1, max_length=16)]  # CodeValue (SH)
+    meaning: Annotated[str, Field(min_length=1, max_length=64)]  # CodeMeaning (LO)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted SNOMED CT id as an int.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class RoiSpec(Frozen):
+    """One ROI: clinic name, display colour, RTSTRUCT interpreted type and, for DICOM SEG, what it
+    is as codes: ``code`` the segmented property type (e.g. SCT 41216001 Prostate) and
+    ``category`` its category (default SCT 91723000 Anatomical Structure). Without a code a SEG
+    uses a generic type (:mod:`gateway.contour.seg`)."""
+
     name: Annotated[str, Field(min_length=1, max_length=64)]
     color: RGB
     type: Literal[
         "ORGAN", "PTV", "CTV", "GTV", "AVOIDANCE", "EXTERNAL", "CAVITY", "CONTROL", "MARKER"
     ] = "ORGAN"
+    code: CodeSpec | None = None
+    category: CodeSpec | None = None
 
     @field_validator("color")
     @classmethod
