@@ -39,7 +39,7 @@ def _case(c: _Corpus, name: str, description: str, expect: Expect, **options: An
         [_slices(c, name)],
         c.folder(name) / "instance.dcm",
         contrast="T2",
-        series_description=name,
+        series_description=f"T2 TSE tra enhanced ({name})",  # what the model selects
         **options,
     )
     c.add(
