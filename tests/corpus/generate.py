@@ -84,7 +84,8 @@ class Expect:
     """The outcome the gateway must produce for a case; fields left at None are not checked.
 
     ``status`` is the C-STORE status of every file; ``job`` and ``reason`` the state of the
-    job of the case's study and text in its reason; ``rtstruct`` whether an RTSTRUCT of that
+    job of the case's study and text in its reason; ``reason_words``: words that must all be in
+    that reason, in any case; ``rtstruct`` whether an RTSTRUCT of that
     study reaches the destination. ``closed``: the gateway closes the connection
     "after-idle-timeout" (not before ``limits.idle_timeout_s``, and soon after it) or
     "by-idle-timeout" (at the latest soon after it). ``absent``: names that no file or folder
@@ -97,6 +98,7 @@ class Expect:
     echo: bool = False
     job: Literal["done", "failed"] | None = None
     reason: str | None = None
+    reason_words: tuple[str, ...] = ()
     rtstruct: bool = False
     closed: Literal["after-idle-timeout", "by-idle-timeout"] | None = None
     absent: tuple[str, ...] = ()
@@ -114,7 +116,10 @@ class Case:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Case:
-        expect = Expect(**{**raw["expect"], "absent": tuple(raw["expect"]["absent"])})
+        e = raw["expect"]
+        expect = Expect(
+            **{**e, "absent": tuple(e["absent"]), "reason_words": tuple(e["reason_words"])}
+        )
         return cls(**{**raw, "expect": expect, "files": tuple(raw["files"])})
 
 
@@ -910,6 +915,8 @@ def _enhanced_mr(c: _Corpus) -> None:
 
 def generate(out_dir: Path) -> list[Case]:
     """Write the corpus and its ``manifest.json`` into ``out_dir``; return the cases."""
+    from tests.corpus.multiframe_cases import multiframe_cases  # it builds on this module
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with _lenient_pydicom():
         corpus = _Corpus(out_dir)
@@ -922,6 +929,7 @@ def generate(out_dir: Path) -> list[Case]:
             _accepted_series_cases,
             _uid_reuse_cases,
             _geometry_cases,
+            multiframe_cases,
         ):
             group(corpus)
     manifest = {

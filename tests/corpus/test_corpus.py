@@ -90,10 +90,12 @@ def _check(case: Case, obs: Observed) -> list[str]:
         if obs.jobs != 1:
             problems.append(f"{obs.jobs} job(s) for the study, expected 1")
         reason = job.get("reason") or ""
-        if job.get("state") != e.job or (e.reason and e.reason not in reason):
+        words = [w for w in e.reason_words if w.lower() not in reason.lower()]
+        if job.get("state") != e.job or (e.reason and e.reason not in reason) or words:
             problems.append(
                 f"job {job.get('state')} ({reason[:300]!r}), expected {e.job}"
                 + (f" with reason containing {e.reason!r}" if e.reason else "")
+                + (f" with the words {list(e.reason_words)}" if e.reason_words else "")
             )
     elif obs.jobs:
         problems.append(f"{obs.jobs} job(s) opened for a study that should have none")
