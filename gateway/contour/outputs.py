@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydicom.dataset import Dataset
 
@@ -28,11 +29,15 @@ class Outputs:
         """Write every output under ``out_dir`` (durably); the artifacts in sending order:
         images first, then the structure set, then the SEG."""
         artifacts = []
-        for ds in self.images:
-            path = out_dir / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-            write_dataset(ds, path)
-            artifacts.append(Artifact(kind="image", path=str(path), uid=str(ds.SOPInstanceUID)))
-        for kind, ds in (("rtstruct", self.rtstruct), ("seg", self.seg)):
+        for image in self.images:
+            path = out_dir / str(image.SeriesInstanceUID) / f"{image.SOPInstanceUID}.dcm"
+            write_dataset(image, path)
+            artifacts.append(Artifact(kind="image", path=str(path), uid=str(image.SOPInstanceUID)))
+        outputs: list[tuple[Literal["rtstruct", "seg"], Dataset | None]] = [
+            ("rtstruct", self.rtstruct),
+            ("seg", self.seg),
+        ]
+        for kind, ds in outputs:
             if ds is not None:
                 path = out_dir / f"{ds.SOPInstanceUID}.dcm"
                 write_dataset(ds, path)
