@@ -245,6 +245,7 @@ def _read_frames(slices: Slices) -> np.ndarray:
                 dtype=np.float32,
                 apply_real_world_transform=False,
                 apply_voi_transform=False,
+                apply_presentation_lut=False,  # as the classic path: stored values, rescaled
             )
         except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
             raise InvalidInput(

@@ -55,7 +55,7 @@ def is_multiframe(ds: Dataset) -> bool:
     return frame_count(ds) > 1 or "PerFrameFunctionalGroupsSequence" in ds
 
 
-def _group(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
+def functional_group(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
     """The first item of functional group ``keyword`` for a frame: per frame, else shared."""
     for holder in (per_frame, _shared(ds)):
         if holder is not None:
@@ -99,11 +99,11 @@ def _plain(value: Any) -> Any:
 
 def _channel(ds: Dataset, per_frame: Dataset | None) -> dict[str, Any]:
     """The attributes that set a frame's channel (see the module docstring), JSON-safe."""
-    kind = _group(ds, per_frame, "MRImageFrameTypeSequence")
-    echo = _group(ds, per_frame, "MREchoSequence")
-    timing = _group(ds, per_frame, "MRTimingAndRelatedParametersSequence")
-    content = _group(ds, per_frame, "FrameContentSequence")
-    measures = _group(ds, per_frame, "PixelMeasuresSequence")
+    kind = functional_group(ds, per_frame, "MRImageFrameTypeSequence")
+    echo = functional_group(ds, per_frame, "MREchoSequence")
+    timing = functional_group(ds, per_frame, "MRTimingAndRelatedParametersSequence")
+    content = functional_group(ds, per_frame, "FrameContentSequence")
+    measures = functional_group(ds, per_frame, "PixelMeasuresSequence")
     attrs = {
         "ImageType": _plain(kind.get("FrameType")) if kind is not None else None,
         "ComplexImageComponent": _plain(kind.get("ComplexImageComponent")) if kind else None,
@@ -154,17 +154,23 @@ def _describe(ds: Dataset, n: int) -> dict[str, Any]:
         if key not in index:
             index[key] = len(channels)
             channels.append(attrs)
-        content = _group(ds, item, "FrameContentSequence")
+        content = functional_group(ds, item, "FrameContentSequence")
         stack = content.get("StackID") if content is not None else None
         frames.append(
             {
                 "c": index[key],
                 "st": str(stack) if stack not in (None, "") else None,
-                "p": _floats(_group(ds, item, "PlanePositionSequence"), "ImagePositionPatient", 3),
-                "o": _floats(
-                    _group(ds, item, "PlaneOrientationSequence"), "ImageOrientationPatient", 6
+                "p": _floats(
+                    functional_group(ds, item, "PlanePositionSequence"), "ImagePositionPatient", 3
                 ),
-                "s": _floats(_group(ds, item, "PixelMeasuresSequence"), "PixelSpacing", 2),
+                "o": _floats(
+                    functional_group(ds, item, "PlaneOrientationSequence"),
+                    "ImageOrientationPatient",
+                    6,
+                ),
+                "s": _floats(
+                    functional_group(ds, item, "PixelMeasuresSequence"), "PixelSpacing", 2
+                ),
             }
         )
     out: dict[str, Any] = {"channels": channels, "frames": frames}
@@ -191,11 +197,13 @@ def frame_header(ds: Dataset, frame: int) -> Dataset:
             out.add(copy.copy(elem))  # a value set below must not change ``ds``
     per = ds.get("PerFrameFunctionalGroupsSequence") or []
     item = per[frame - 1] if frame - 1 < len(per) else None
-    position = _floats(_group(ds, item, "PlanePositionSequence"), "ImagePositionPatient", 3)
-    orientation = _floats(
-        _group(ds, item, "PlaneOrientationSequence"), "ImageOrientationPatient", 6
+    position = _floats(
+        functional_group(ds, item, "PlanePositionSequence"), "ImagePositionPatient", 3
     )
-    measures = _group(ds, item, "PixelMeasuresSequence")
+    orientation = _floats(
+        functional_group(ds, item, "PlaneOrientationSequence"), "ImageOrientationPatient", 6
+    )
+    measures = functional_group(ds, item, "PixelMeasuresSequence")
     spacing = _floats(measures, "PixelSpacing", 2)
     if position is not None:
         out.ImagePositionPatient = position

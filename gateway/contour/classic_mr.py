@@ -19,7 +19,7 @@ from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
-from gateway.multiframe import _group
+from gateway.multiframe import functional_group
 
 # Per-frame attributes of the MR Image, General Image, General Acquisition and Image Plane
 # modules: a Legacy Converted object keeps them in its unassigned converted attributes.
@@ -71,7 +71,7 @@ _ECHO_PULSE = {"SPIN": ["SE"], "GRADIENT": ["GR"], "BOTH": ["SE", "GR"]}
 
 
 def image_type(src: Dataset, item: Dataset | None) -> list[str]:
-    kind = _group(src, item, "MRImageFrameTypeSequence")
+    kind = functional_group(src, item, "MRImageFrameTypeSequence")
     values = kind.get("FrameType") if kind is not None else None
     values = values or src.get("ImageType") or []
     rest = [str(v) for v in list(values)[2:4]]
@@ -105,12 +105,12 @@ def _frame_value(src: Dataset, item: Dataset | None, keyword: str) -> Any:
     attributes (per frame, then shared), else mapped from the Enhanced groups or modules, else
     a top-level attribute of that name; None when nowhere."""
     for sequence in _UNASSIGNED:
-        value = _value(_group(src, item, sequence), keyword)
+        value = _value(functional_group(src, item, sequence), keyword)
         if value is not None:
             return value
     if keyword in _MAPPED:
         group, enhanced = _MAPPED[keyword]
-        value = _value(src if group is None else _group(src, item, group), enhanced)
+        value = _value(src if group is None else functional_group(src, item, group), enhanced)
         if value is not None:
             return _as_classic(keyword, value)
     return _value(src, keyword)
@@ -145,7 +145,7 @@ def _values(value: Any) -> list[str]:
 def _scanning(src: Dataset, item: Dataset | None) -> list[str]:
     """ScanningSequence from the Enhanced MR Pulse Sequence module and MR Modifier group."""
     out = list(_ECHO_PULSE.get(str(src.get("EchoPulseSequence", "")), []))
-    if _value(_group(src, item, "MRModifierSequence"), "InversionRecovery") == "YES":
+    if _value(functional_group(src, item, "MRModifierSequence"), "InversionRecovery") == "YES":
         out.append("IR")
     if src.get("EchoPlanarPulseSequence") == "YES":
         out.append("EP")
@@ -153,8 +153,8 @@ def _scanning(src: Dataset, item: Dataset | None) -> list[str]:
 
 
 def _variant(src: Dataset, item: Dataset | None) -> list[str]:
-    imaging = _group(src, item, "MRImagingModifierSequence")
-    modifier = _group(src, item, "MRModifierSequence")
+    imaging = functional_group(src, item, "MRImagingModifierSequence")
+    modifier = functional_group(src, item, "MRModifierSequence")
     steady = src.get("SteadyStatePulseSequence")
     flags = (
         ("SK", src.get("SegmentedKSpaceTraversal") == "PARTIAL"),
@@ -168,7 +168,7 @@ def _variant(src: Dataset, item: Dataset | None) -> list[str]:
 
 
 def _options(src: Dataset, item: Dataset | None) -> list[str] | str:
-    modifier = _group(src, item, "MRModifierSequence")
+    modifier = functional_group(src, item, "MRModifierSequence")
     fourier = _value(modifier, "PartialFourierDirection")
     partial = _value(modifier, "PartialFourier") == "YES"
     flags = (
@@ -185,18 +185,18 @@ def _options(src: Dataset, item: Dataset | None) -> list[str] | str:
 
 def frame_display(out: Dataset, src: Dataset, item: Dataset | None) -> None:
     """The frame's rescale (when not identity), window and anatomy as classic attributes."""
-    transform = _group(src, item, "PixelValueTransformationSequence")
+    transform = functional_group(src, item, "PixelValueTransformationSequence")
     slope = float(_value(transform, "RescaleSlope") or 1.0)
     intercept = float(_value(transform, "RescaleIntercept") or 0.0)
     if (slope, intercept) != (1.0, 0.0):
         out.RescaleIntercept = format_number_as_ds(intercept)
         out.RescaleSlope = format_number_as_ds(slope)
         out.RescaleType = str(_value(transform, "RescaleType") or "US")
-    voi = _group(src, item, "FrameVOILUTSequence")
+    voi = functional_group(src, item, "FrameVOILUTSequence")
     for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
         if _value(voi, keyword) is not None:
             out[keyword] = copy.deepcopy(voi[keyword])  # type: ignore[index]
-    anatomy = _group(src, item, "FrameAnatomySequence")
+    anatomy = functional_group(src, item, "FrameAnatomySequence")
     if _value(anatomy, "AnatomicRegionSequence") is not None:
         out.AnatomicRegionSequence = copy.deepcopy(anatomy.AnatomicRegionSequence)  # type: ignore[union-attr]
     if _value(anatomy, "FrameLaterality") is not None:

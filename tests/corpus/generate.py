@@ -906,9 +906,10 @@ def _enhanced_mr(c: _Corpus) -> None:
     ds.PixelData = b"".join(s.PixelData for s in c.slices)
     c.single(
         name,
-        "the T2 phantom as one Enhanced MR Image Storage instance with 24 frames",
+        "the T2 phantom as one Enhanced MR Image Storage instance with 24 frames (no per-frame "
+        "type): read from its frames, contoured and sent",
         ds,
-        _failed("multi-frame"),
+        Expect(status="0x0000", job="done", rtstruct=True),
         sop_class=EnhancedMRImageStorage,
     )
 

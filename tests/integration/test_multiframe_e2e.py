@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import highdicom as hd
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from gateway.contour.reader import dice, rasterize_rtstruct
-from gateway.imaging import read_headers
+from gateway.imaging import Slices, read_headers
 from tests.conftest import PROSTATEX_T2, rule, wait_for
 
 
@@ -81,3 +82,71 @@ def test_multiframe_t2_gives_the_classic_contour(
     b = _roi_mask(multi_path, frames, "Prostate")
     assert a.sum() > 1000
     assert dice(a, b) >= 0.99
+
+
+DIXON_MODEL = Path(__file__).parents[2] / "models" / "pelvis-dixon-demo"
+
+
+def _seg_masks(path: Path, reference: Slices) -> dict[str, np.ndarray]:
+    """A pydicom-only SEG reader (the unit tests' one) on ``reference``."""
+    from tests.unit.test_seg import read_with_pydicom
+
+    return read_with_pydicom(path, SimpleNamespace(volume=reference))  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # ~40 s: nnU-Net twice on the phantom
+def test_one_object_mdixon_runs_the_dixon_model_and_seg_goes_out(
+    make_gateway, orthanc, tmp_path
+) -> None:
+    """The T2 as a classic series and the four Dixon images as frames of ONE Enhanced MR
+    object: pelvis-dixon-demo names the water frames, Dice >= 0.90 per ROI; the destination
+    takes [rtstruct, seg]: the SEG is dciodvfy-clean, highdicom and a pydicom-only reader give
+    the RTSTRUCT's masks (Dice 1.0); sent twice, one SEG SOP Instance UID."""
+    from tests.multiframe import mdixon_phantom
+
+    phantom = mdixon_phantom(2027, tmp_path / "study", shuffle_seed=5)
+    gw = make_gateway(
+        destination_port=orthanc.dicom_port,
+        rules=[rule("pelvis-dixon", ["pelvis-dixon-demo"])],
+        destinations={"planning": {"outputs": ["rtstruct", "seg"]}},
+    )
+    gw.start()
+    assert gw.storescu(tmp_path / "study", required=True).returncode == 0
+    (job,) = gw.wait_jobs(1)
+    assert job["state"] == "done" and job["reason"] == "", job
+    rt_ids = wait_for(lambda: orthanc.instances_of_modality("RTSTRUCT"), 30, what="RTSTRUCT")
+    seg_ids = wait_for(lambda: orthanc.instances_of_modality("SEG"), 30, what="SEG")
+    assert len(rt_ids) == len(seg_ids) == 1
+    rt_path = orthanc.download(rt_ids[0], tmp_path / "rt.dcm")
+    seg_path = orthanc.download(seg_ids[0], tmp_path / "seg.dcm")
+    t2 = read_headers(list(phantom.t2.files))
+    masks = rasterize_rtstruct(pydicom.dcmread(rt_path), t2)
+    truth = phantom.labels("t2")
+    spec = model_labels(DIXON_MODEL)
+    for label, name in spec.items():
+        assert dice(masks[name], truth == label) >= 0.90, name
+
+    assert _dciodvfy_errors(seg_path) == []
+    seg = hd.seg.segread(seg_path)
+    assert {str(s.SegmentLabel) for s in seg.SegmentSequence} == set(spec.values())
+    by_pydicom = _seg_masks(seg_path, t2)
+    sources = [str(d.SOPInstanceUID) for d in t2.datasets]
+    for number, item in enumerate(seg.SegmentSequence, 1):
+        name = str(item.SegmentLabel)
+        by_highdicom = seg.get_pixels_by_source_instance(
+            sources, segment_numbers=[number], skip_overlap_checks=True
+        )[..., 0].astype(bool)
+        assert dice(by_highdicom, masks[name]) == 1.0, name
+        assert dice(by_pydicom[name], masks[name]) == 1.0, name
+
+    assert gw.storescu(tmp_path / "study", required=True).returncode == 0
+    jobs = gw.wait_jobs(2)
+    assert [j["state"] for j in jobs] == ["done", "done"]
+    assert len(orthanc.instances_of_modality("SEG")) == 1
+    assert len(orthanc.instances_of_modality("RTSTRUCT")) == 1
+
+
+def model_labels(model_dir: Path) -> dict[int, str]:
+    from gateway.segment.registry import load_model
+
+    return {label: roi.name for label, roi in load_model(model_dir).labels.items()}
