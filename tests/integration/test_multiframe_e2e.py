@@ -108,7 +108,14 @@ def test_one_object_mdixon_runs_the_dixon_model_and_seg_goes_out(
     gw = make_gateway(
         destination_port=orthanc.dicom_port,
         rules=[rule("pelvis-dixon", ["pelvis-dixon-demo"])],
-        destinations={"planning": {"outputs": ["rtstruct", "seg"]}},
+        destinations={
+            "planning": {
+                "ae_title": "PLANNING",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "outputs": ["rtstruct", "seg"],
+            }
+        },
     )
     gw.start()
     assert gw.storescu(tmp_path / "study", required=True).returncode == 0
@@ -150,3 +157,57 @@ def model_labels(model_dir: Path) -> dict[int, str]:
     from gateway.segment.registry import load_model
 
     return {label: roi.name for label, roi in load_model(model_dir).labels.items()}
+
+
+def test_classic_copy_for_a_planning_system_without_multiframe(
+    make_gateway, orthanc, tmp_path
+) -> None:
+    """``rtstruct.multiframe_reference: classic_copy``: the T2 phantom as one Enhanced MR object
+    -> a derived single-frame MR copy goes out first and the RTSTRUCT references it (no frame
+    numbers), dciodvfy-clean, contours on the copy's slices (Dice >= 0.90 vs the truth)."""
+    from gateway.demo.phantom import make_phantom, write_dicom_series
+    from tests.multiframe import enhanced_mr
+
+    phantom = make_phantom(3131)
+    classic = write_dicom_series(phantom, tmp_path / "classic", seed=3131)
+    source = enhanced_mr(
+        [list(classic.files)],
+        tmp_path / "send" / "t2.dcm",
+        series_description="t2_tse_tra enhanced",
+        shuffle_seed=3,
+    )
+    gw = make_gateway(
+        destination_port=orthanc.dicom_port, rtstruct={"multiframe_reference": "classic_copy"}
+    )
+    gw.start()
+    assert gw.storescu(tmp_path / "send", required=True).returncode == 0
+    (job,) = gw.wait_jobs(1)
+    assert job["state"] == "done", job
+    rt_ids = wait_for(lambda: orthanc.instances_of_modality("RTSTRUCT"), 30, what="RTSTRUCT")
+    rt_path = orthanc.download(rt_ids[0], tmp_path / "rt.dcm")
+    assert _dciodvfy_errors(rt_path) == []
+    rt = pydicom.dcmread(rt_path)
+    copies = orthanc.instances_of_modality("MR")
+    assert len(copies) == len(classic.files)
+    copy_files = [orthanc.download(i, tmp_path / f"copy{n}.dcm") for n, i in enumerate(copies)]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in copy_files]
+    assert {str(h.SOPClassUID) for h in headers} == {"1.2.840.10008.5.1.4.1.1.4"}
+    assert "DERIVED" in headers[0].ImageType
+    assert str(headers[0].SourceImageSequence[0].ReferencedSOPInstanceUID) == source.sop_instance_uid
+    assert _dciodvfy_errors(copy_files[0]) == []
+    uids = {str(h.SOPInstanceUID) for h in headers}
+    referenced = [
+        c.ContourImageSequence[0] for r in rt.ROIContourSequence for c in r.ContourSequence
+    ]
+    assert referenced and all(str(r.ReferencedSOPInstanceUID) in uids for r in referenced)
+    assert not any("ReferencedFrameNumber" in r for r in referenced)
+    masks = rasterize_rtstruct(rt, headers)
+    truth = sitk_array(phantom.labels)
+    for label, name in model_labels(Path(__file__).parents[2] / "models" / "pelvis-demo").items():
+        assert dice(masks[name], truth == label) >= 0.90, name
+
+
+def sitk_array(image: object) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)
