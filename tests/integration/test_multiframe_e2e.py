@@ -193,7 +193,8 @@ def test_classic_copy_for_a_planning_system_without_multiframe(
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in copy_files]
     assert {str(h.SOPClassUID) for h in headers} == {"1.2.840.10008.5.1.4.1.1.4"}
     assert "DERIVED" in headers[0].ImageType
-    assert str(headers[0].SourceImageSequence[0].ReferencedSOPInstanceUID) == source.sop_instance_uid
+    source_ref = headers[0].SourceImageSequence[0]
+    assert str(source_ref.ReferencedSOPInstanceUID) == source.sop_instance_uid
     assert _dciodvfy_errors(copy_files[0]) == []
     uids = {str(h.SOPInstanceUID) for h in headers}
     referenced = [
