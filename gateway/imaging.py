@@ -247,7 +247,7 @@ def _read_frames(slices: Slices) -> np.ndarray:
                 apply_voi_transform=False,
                 apply_presentation_lut=False,  # as the classic path: stored values, rescaled
             )
-        except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError, RuntimeError) as exc:
             raise InvalidInput(
                 f"the frames of a multi-frame instance could not be read: {exc}"
             ) from None

@@ -311,6 +311,7 @@ class JobRunner:
             {uid: Path(p) for uid, p in reference.paths.items()},
         )
         ds = outputs.rtstruct
+        partial = "; ".join(p for p in (partial, *outputs.problems) if p)
         artifacts = outputs.write(self.cfg.paths.output / job.study_uid)
         out = Path(next(a.path for a in artifacts if a.kind == "rtstruct"))
         spacing = run.reference.image.GetSpacing()

@@ -8,13 +8,16 @@ SliceThickness), FrameContentSequence (StackID, TemporalPositionIndex), MRImageF
 (FrameType, ComplexImageComponent), MREchoSequence (EffectiveEchoTime),
 MRTimingAndRelatedParametersSequence (RepetitionTime).
 
-**Channels** (the policy). Frames are split into channels by their per-frame image type and
-what else tells images at the same place apart: FrameType, ComplexImageComponent,
-EffectiveEchoTime and TemporalPositionIndex. So a Philips mDixon object holding in-phase,
-opposed-phase, water and fat frames gives four channels, each of which a model selector names as
-it names a classic series: the channel's attributes are the series' attributes with ImageType
-set to the frames' FrameType (e.g. ``[DERIVED, PRIMARY, DIXON, WATER]``), EchoTime to their
-EffectiveEchoTime, RepetitionTime, SliceThickness and ComplexImageComponent from their groups.
+**Channels** (the policy). Frames are split into channels by their per-frame image type and what
+else tells images at the same place apart (:data:`CHANNEL_KEYS`): FrameType,
+ComplexImageComponent, EffectiveEchoTime, the diffusion b-value and gradient direction, the
+inversion time, the cardiac trigger delay and TemporalPositionIndex (from the Enhanced MR
+groups, or a Legacy Converted object's converted classic attributes). So a Philips mDixon object
+holding in-phase, opposed-phase, water and fat frames gives four channels, each of which a model
+selector names as it names a classic series: the channel's attributes are the series' attributes
+with ImageType set to the frames' FrameType (e.g. ``[DERIVED, PRIMARY, DIXON, WATER]``),
+EchoTime to their EffectiveEchoTime, and RepetitionTime, SliceThickness, SequenceName,
+ScanningSequence, DiffusionBValue, InversionTime and ComplexImageComponent from their groups.
 Stacks (StackID) are not channels: the frames of one channel, in every stack, must form one
 volume (the same checks as a classic series), so two stacks of a channel with different
 orientations are refused with that reason rather than guessed between.
@@ -97,30 +100,83 @@ def _plain(value: Any) -> Any:
     return int(f) if f.is_integer() and abs(f) < 1e15 else f
 
 
+_UNASSIGNED = (
+    "UnassignedPerFrameConvertedAttributesSequence",
+    "UnassignedSharedConvertedAttributesSequence",
+)
+_SCANNING = {"SPIN": "SE", "GRADIENT": "GR", "BOTH": ["SE", "GR"]}
+
+
+def _first(item: Dataset | None, keyword: str) -> Any:
+    return _plain(item.get(keyword)) if item is not None else None
+
+
+def _converted(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Any:
+    """A classic attribute a Legacy Converted object kept in its unassigned converted
+    attributes (per frame, then shared)."""
+    for sequence in _UNASSIGNED:
+        value = _first(functional_group(ds, per_frame, sequence), keyword)
+        if value is not None:
+            return value
+    return None
+
+
 def _channel(ds: Dataset, per_frame: Dataset | None) -> dict[str, Any]:
-    """The attributes that set a frame's channel (see the module docstring), JSON-safe."""
-    kind = functional_group(ds, per_frame, "MRImageFrameTypeSequence")
-    echo = functional_group(ds, per_frame, "MREchoSequence")
-    timing = functional_group(ds, per_frame, "MRTimingAndRelatedParametersSequence")
-    content = functional_group(ds, per_frame, "FrameContentSequence")
-    measures = functional_group(ds, per_frame, "PixelMeasuresSequence")
+    """The attributes that set a frame's channel (see the module docstring), JSON-safe, in the
+    classic attributes' names (Enhanced MR groups first, then a Legacy Converted object's
+    converted attributes)."""
+
+    def group(name: str) -> Dataset | None:
+        return functional_group(ds, per_frame, name)
+
+    kind = group("MRImageFrameTypeSequence")
+    diffusion = group("MRDiffusionSequence")
+    direction = None
+    if diffusion is not None and diffusion.get("DiffusionGradientDirectionSequence"):
+        direction = _first(
+            diffusion.DiffusionGradientDirectionSequence[0], "DiffusionGradientOrientation"
+        )
     attrs = {
-        "ImageType": _plain(kind.get("FrameType")) if kind is not None else None,
-        "ComplexImageComponent": _plain(kind.get("ComplexImageComponent")) if kind else None,
-        "EchoTime": _plain(echo.get("EffectiveEchoTime")) if echo is not None else None,
-        "TemporalPositionIndex": (
-            _plain(content.get("TemporalPositionIndex")) if content is not None else None
-        ),
+        "ImageType": _first(kind, "FrameType") or _converted(ds, per_frame, "ImageType"),
+        "ComplexImageComponent": _first(kind, "ComplexImageComponent"),
+        "EchoTime": _first(group("MREchoSequence"), "EffectiveEchoTime")
+        or _converted(ds, per_frame, "EchoTime"),
+        "DiffusionBValue": _first(diffusion, "DiffusionBValue")
+        or _converted(ds, per_frame, "DiffusionBValue"),
+        "DiffusionGradientOrientation": direction,
+        "InversionTime": _first(group("MRModifierSequence"), "InversionTimes")
+        or _converted(ds, per_frame, "InversionTime"),
+        "TriggerTime": _first(
+            group("CardiacSynchronizationSequence"), "NominalCardiacTriggerDelayTime"
+        )
+        or _converted(ds, per_frame, "TriggerTime"),
+        "TemporalPositionIndex": _first(group("FrameContentSequence"), "TemporalPositionIndex"),
     }
     # Not part of what tells channels apart, but what a selector or guardrail may read.
+    pulse = _plain(ds.get("EchoPulseSequence"))
     extra = {
-        "RepetitionTime": _plain(timing.get("RepetitionTime")) if timing is not None else None,
-        "SliceThickness": _plain(measures.get("SliceThickness")) if measures else None,
+        "RepetitionTime": _first(group("MRTimingAndRelatedParametersSequence"), "RepetitionTime")
+        or _converted(ds, per_frame, "RepetitionTime"),
+        "SliceThickness": _first(group("PixelMeasuresSequence"), "SliceThickness"),
+        "SequenceName": _plain(ds.get("PulseSequenceName"))
+        or _converted(ds, per_frame, "SequenceName"),
+        "ScanningSequence": _converted(ds, per_frame, "ScanningSequence")
+        or (_SCANNING.get(pulse) if isinstance(pulse, str) else None),
     }
     return {k: v for k, v in {**attrs, **extra}.items() if v is not None}
 
 
-CHANNEL_KEYS = ("ImageType", "ComplexImageComponent", "EchoTime", "TemporalPositionIndex")
+# What tells frames at the same place apart (besides the stack): a channel per combination.
+CHANNEL_KEYS = (
+    "ImageType",
+    "ComplexImageComponent",
+    "EchoTime",
+    "DiffusionBValue",
+    "DiffusionGradientOrientation",
+    "InversionTime",
+    "TriggerTime",
+    "TemporalPositionIndex",
+)
 
 
 def describe_frames(ds: Dataset) -> dict[str, Any] | None:

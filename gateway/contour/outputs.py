@@ -4,6 +4,7 @@ classic single-frame copy of its frames that both reference (sent along, before 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from gateway.contour.rtstruct import Structure, build_structure_set, write_datas
 from gateway.imaging import Volume
 from gateway.job import Artifact
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Outputs:
@@ -24,6 +27,7 @@ class Outputs:
     seg: Dataset | None
     images: tuple[Dataset, ...]  # the classic copy of a multi-frame primary (or none)
     reference: Volume  # what the RTSTRUCT and SEG reference: the primary or its copy
+    problems: tuple[str, ...] = ()  # outputs not made, with why (the RTSTRUCT still goes out)
 
     def write(self, out_dir: Path) -> tuple[Artifact, ...]:
         """Write every output under ``out_dir`` (durably); the artifacts in sending order:
@@ -62,25 +66,28 @@ def build_outputs(
 
     when = now or datetime.now()
     images: list[Dataset] = []
+    parts = list(input_series_uids)
     if reference.frames and cfg.multiframe_reference == "classic_copy":
         images, reference = classic_copy(
             reference, sources, uid_root=cfg.uid_root, manufacturer=cfg.manufacturer, now=when
         )
-    rtstruct = build_structure_set(
-        reference, structures, cfg, input_series_uids=input_series_uids, now=when
-    )
-    segmentation = (
-        build_seg(
-            reference,
-            structures,
-            uid_root=cfg.uid_root,
-            manufacturer=cfg.manufacturer,
-            series_description=cfg.seg_series_description,
-            input_series_uids=input_series_uids,
-            fractional=cfg.seg_type == "fractional",
-            now=when,
-        )
-        if seg
-        else None
-    )
-    return Outputs(rtstruct, segmentation, tuple(images), reference)
+        # Other references, other content: never the UIDs of the structure set on the frames.
+        parts.append("classic-copy")
+    rtstruct = build_structure_set(reference, structures, cfg, input_series_uids=parts, now=when)
+    segmentation, problems = None, []
+    if seg:
+        try:
+            segmentation = build_seg(
+                reference,
+                structures,
+                uid_root=cfg.uid_root,
+                manufacturer=cfg.manufacturer,
+                series_description=cfg.seg_series_description,
+                input_series_uids=parts,
+                fractional=cfg.seg_type == "fractional",
+                now=when,
+            )
+        except Exception as exc:  # noqa: BLE001 - the structure set still goes out
+            log.warning("DICOM SEG not made: %s: %s", type(exc).__name__, exc)
+            problems.append(f"DICOM SEG not made: {type(exc).__name__}: {exc}"[:300])
+    return Outputs(rtstruct, segmentation, tuple(images), reference, tuple(problems))

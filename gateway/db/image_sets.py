@@ -4,6 +4,7 @@ multi-frame instances (see :mod:`gateway.multiframe` for what a channel is)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -44,8 +45,8 @@ def image_sets(base: SeriesInfo, geometry: dict[str, dict[str, Any]]) -> list[Se
     ``slices`` hold one entry per instance) into its image sets: the single-frame instances as
     the series itself, and one image set per channel of its multi-frame instances (channels with
     the same attributes in several instances are one). ``geometry`` is each instance's recorded
-    geometry (SOP Instance UID -> dict with ``Frames`` for a multi-frame instance). A series of
-    one channel only keeps its own UID as its key."""
+    geometry (SOP Instance UID -> dict with ``Frames`` for a multi-frame instance). A channel's
+    key is ``<Series Instance UID>#<hash of its channel attributes>``."""
     classic = [s for s in base.slices if not (geometry.get(s.sop_instance_uid) or {}).get("Frames")]
     channels: dict[str, tuple[dict[str, Any], list[SliceGeometry]]] = {}
     for s in base.slices:
@@ -64,8 +65,7 @@ def image_sets(base: SeriesInfo, geometry: dict[str, dict[str, Any]]) -> list[Se
     out = []
     if classic:
         out.append(dataclasses.replace(base, slices=tuple(classic)))
-    alone = not classic and len(channels) == 1
-    for n, key in enumerate(sorted(channels), 1):
+    for key in sorted(channels):
         channel, frames = channels[key]
         attributes = {**base.attributes, **channel}
         out.append(
@@ -78,7 +78,9 @@ def image_sets(base: SeriesInfo, geometry: dict[str, dict[str, Any]]) -> list[Se
                     for uid, p in base.paths.items()
                     if any(f.sop_instance_uid == uid for f in frames)
                 },
-                part="" if alone else f"#{n}",
+                # Named by what the channel is, not by its place among the channels received
+                # so far: a job's plan names the same frames whatever arrives later.
+                part="#" + hashlib.sha256(key.encode()).hexdigest()[:12],
             )
         )
     return out

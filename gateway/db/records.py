@@ -82,8 +82,8 @@ class SeriesInfo:
     # (first, last) arrival of the instances held now: a resend moves both.
     received: tuple[float, float] = (0.0, 0.0)
     patient_key: str = ""  # as InstanceRecord's, of the series' first instance; "" not known
-    # One channel of the series' multi-frame instances ("" for the series itself): "#<n>", n
-    # counting the channels of the series from 1 (see :mod:`gateway.multiframe`).
+    # One channel of the series' multi-frame instances ("" for the series itself): "#<hash of
+    # the channel's attributes>" (see :mod:`gateway.multiframe`, :mod:`gateway.db.image_sets`).
     part: str = ""
 
     @property

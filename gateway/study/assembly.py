@@ -21,7 +21,7 @@ from gateway.config import AssemblyConfig, ModelSpec
 from gateway.db.records import SeriesInfo, StudyInfo
 from gateway.study import guardrails
 from gateway.study.geometry import check_volume
-from gateway.study.routing import select_series
+from gateway.study.routing import select_series, series_matches
 
 # Storage classes we store but no model reads (a selector that picks one fails with the reason).
 NOT_MODEL_INPUT = {
@@ -102,9 +102,24 @@ def decide(
                 f"{label}: series {number} holds {len(unframed)} multi-frame instance(s) "
                 "recorded without their frames (received before this release): send it again"
             )
+        rivals = [
+            s
+            for s in study.series
+            if s.series_uid == series.series_uid
+            and s.key != series.key
+            and series_matches(channel.select, s.attributes)
+        ]
+        if rivals:
+            kinds = "; ".join(_kind(s) for s in (series, *rivals))
+            return Failed(
+                f"{label}: its selector matches {len(rivals) + 1} kinds of frames of series "
+                f"{number} ({kinds}): name one (e.g. ImageType [DIXON, WATER])"
+            )
         check = check_volume(series.slices)
-        if not check.ok and all(g.frame is not None for g in series.slices):
-            # A multi-frame object arrives whole: no later instance mends its frames.
+        whole = len({g.sop_instance_uid for g in series.slices}) == 1
+        if not check.ok and whole and series.slices[0].frame is not None:
+            # A multi-frame object arrives whole: no later instance mends its frames. (Frames
+            # from several objects wait, as a classic series does, for the rest to arrive.)
             return Failed(
                 f"{label}: series {number}{_part(series)} is not one volume: "
                 + "; ".join(check.problems)
@@ -147,6 +162,17 @@ def decide(
     if problems:
         return Failed("outside the model's intended use: " + "; ".join(problems))
     return Ready(tuple(chosen), tuple(orders))
+
+
+def _kind(series: SeriesInfo) -> str:
+    """A channel in words: its frame type and what else sets it apart."""
+    attrs = series.attributes
+    kind = attrs.get("ImageType")
+    words = ["\\".join(str(v) for v in kind) if isinstance(kind, list | tuple) else str(kind)]
+    for keyword, short in (("EchoTime", "TE"), ("DiffusionBValue", "b"), ("InversionTime", "TI")):
+        if attrs.get(keyword) is not None:
+            words.append(f"{short} {attrs[keyword]}")
+    return " ".join(words)
 
 
 def _part(series: SeriesInfo) -> str:

@@ -164,14 +164,63 @@ def test_a_broken_multiframe_object_fails_at_once_with_a_named_reason(header, wo
     assert "frames of type DERIVED\\PRIMARY\\DIXON\\WATER" in decision.reason
 
 
-def test_a_single_channel_object_keeps_its_series_uid_as_key() -> None:
-    ds = dixon_header()
-    for item in ds.PerFrameFunctionalGroupsSequence:
-        item.MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-        item.MREchoSequence[0].EffectiveEchoTime = 100.0
-    base, sets = _recorded(ds)
-    assert len(sets) == 1 and sets[0].key == base.series_uid
-    assert len(sets[0].slices) == 20  # every type shares the positions: not one volume
+def test_a_channel_keeps_its_key_when_more_frames_of_the_series_arrive() -> None:
+    """The key names what the channel is: a job planned on the water frames of the first object
+    still reads water after an object with other types of the same series arrived."""
+    full = dixon_header()
+    first = dixon_header()
+    first.SeriesInstanceUID = full.SeriesInstanceUID
+    first.PerFrameFunctionalGroupsSequence = Sequence(
+        [
+            item
+            for item in first.PerFrameFunctionalGroupsSequence
+            if item.MRImageFrameTypeSequence[0].FrameType[3] in ("WATER", "IN_PHASE")
+        ]
+    )
+    first.NumberOfFrames = len(first.PerFrameFunctionalGroupsSequence)
+    _, alone = _recorded(first)
+    water = next(s for s in alone if s.attributes["ImageType"][3] == "WATER")
+    rec_a, rec_b = describe_instance(first), describe_instance(full)
+    base = SeriesInfo(
+        rec_a.series_uid,
+        rec_a.series_attributes,
+        0.0,
+        0.0,
+        slices=tuple(
+            SliceGeometry(r.sop_instance_uid, None, None, None, None, 4, 4, 20)
+            for r in (rec_a, rec_b)
+        ),
+        paths={rec_a.sop_instance_uid: "/a.dcm", rec_b.sop_instance_uid: "/b.dcm"},
+    )
+    both = image_sets(
+        base, {rec_a.sop_instance_uid: rec_a.geometry, rec_b.sop_instance_uid: rec_b.geometry}
+    )
+    same = next(s for s in both if s.key == water.key)
+    assert same.attributes["ImageType"][3] == "WATER"
+    assert len(same.slices) == 10  # the water frames of both objects
+
+
+def test_a_selector_matching_several_types_of_frames_fails_naming_them() -> None:
+    """A classic-era selector (SeriesDescription) matches every Dixon type of one object: the
+    model is not run on whichever sorts first."""
+    from gateway.segment.spec import ModelSpec
+
+    _, sets = _recorded(dixon_header())
+    model = ModelSpec.model_validate(
+        {
+            "name": "m",
+            "kind": "nnunet",
+            "version": "1",
+            "nnunet": {"folder": "nnunet"},
+            "inputs": [{"name": "W", "select": {"SeriesDescription": "(?i)dixon"}}],
+            "labels": {1: {"name": "Prostate", "color": [255, 0, 0]}},
+        }
+    )
+    study = StudyInfo("1.2", "A", "B", 0.0, 0.0, tuple(sets))
+    decision = assembly.decide(model, study, opened_at=0.0, now=1e6, cfg=AssemblyConfig())
+    assert isinstance(decision, assembly.Failed)
+    assert "matches 4 kinds of frames" in decision.reason
+    assert "DIXON\\WATER" in decision.reason and "TE 1.23" in decision.reason
 
 
 def test_a_classic_image_is_not_described_as_frames() -> None:
@@ -257,3 +306,17 @@ def test_rtstruct_on_frames_references_them_and_reads_back(t2_legacy: Path, tmp_
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
         assert not errors, errors
+
+
+@pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="dcmtk's dcmcjpeg not installed")
+def test_a_jpeg_lossless_multiframe_object_reads_as_the_uncompressed(
+    t2_legacy: Path, tmp_path: Path
+) -> None:
+    """JPEG Lossless SV1, the transfer syntax PACS often send, encoded by dcmtk: the frames
+    decode (python-gdcm) to the same volume."""
+    compressed = tmp_path / "t2-jpll.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(t2_legacy), str(compressed)], check=True)
+    syntax = pydicom.dcmread(compressed, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert syntax == "1.2.840.10008.1.2.4.70"
+    a, b = imaging.read_series([compressed]), imaging.read_series([t2_legacy])
+    assert np.array_equal(sitk.GetArrayFromImage(a.image), sitk.GetArrayFromImage(b.image))
