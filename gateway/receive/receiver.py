@@ -275,59 +275,6 @@ class Receiver:
                 f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
             )
 
-    def recover_spool(self) -> int:
-        """Record spool files that have no database row (rows lost to a power cut after the
-        instance was acknowledged); return how many. The spool is the durable record."""
-        from pydicom import dcmread
-
-        known = self.store.known_instances()
-        studies: set[str] = set()
-        for path in self.spool.root.glob("*/*/*.dcm"):
-            if path.stem in known:
-                continue
-            try:
-                ds = dcmread(path, stop_before_pixels=True)
-                rec = describe_instance(ds, str(path), salt=self.store.patient_salt)
-            except Exception as exc:  # keep the file; report, do not crash the start-up
-                log.error("spool file %s could not be re-recorded: %s", path.name, exc)
-                continue
-            try:
-                self.store.record_instance(rec, calling_ae="", called_ae="")
-            except UidConflict as exc:  # another study holds its UIDs: never join it
-                log.error("spool file %s not re-recorded: %s", path.name, exc)
-                continue
-            studies.add(rec.study_uid)
-        if studies:
-            log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))
-            now = time.time()
-            for uid in sorted(studies):
-                self.store.schedule_check(uid, now)
-        return len(studies)
-
-    def recover_returned(self) -> int:
-        """Record returned structure-set files that have no database row; return how many."""
-        from pydicom import dcmread
-
-        known = self.store.known_structure_sets()
-        n = 0
-        for path in self.returned.root.glob("*/*/*.dcm"):
-            if path.stem in known:
-                continue
-            try:
-                ds = dcmread(path, stop_before_pixels=True)
-                rec = describe_structure_set(ds, calling_ae="", path=str(path))
-            except Exception as exc:  # keep the file; report, do not crash the start-up
-                log.error("returned file %s could not be re-recorded: %s", path.name, exc)
-                continue
-            size = path.stat().st_size
-            rec = dataclasses.replace(rec, size=size, received_at=path.stat().st_mtime)
-            # Its row was lost: who sent it is unknown, so it is not compared unless sent again.
-            self.store.record_structure_set(rec, "sender unknown after a restart: send it again")
-            n += 1
-        if n:
-            log.warning("re-recorded %d returned structure set(s) from disk", n)
-        return n
-
     def _audit(self, event: str, outcome: str, **fields: Any) -> None:
         """One audit row; a failure to write it is logged, never raised into reception."""
         try:
