@@ -30,6 +30,7 @@ from pydicom.uid import (
     JPEG2000,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRColorImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -40,7 +41,9 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    LegacyConvertedEnhancedMRImageStorage,
     MRImageStorage,
+    MRSpectroscopyStorage,
     RLELossless,
     RTStructureSetStorage,
 )
@@ -69,7 +72,9 @@ log = logging.getLogger(__name__)
 STORAGE_CLASSES = (
     MRImageStorage,
     EnhancedMRImageStorage,
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    LegacyConvertedEnhancedMRImageStorage,
+    EnhancedMRColorImageStorage,
+    MRSpectroscopyStorage,
     CTImageStorage,
     RTStructureSetStorage,
 )

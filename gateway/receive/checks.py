@@ -13,10 +13,13 @@ from pydicom.dataset import Dataset
 
 from gateway.errors import DatasetMismatch, InvalidInput
 
-# Image storage SOP classes whose instances must carry pixel data we can check.
+# Image storage SOP classes whose instances must carry pixel data we can check. Others (MR
+# Spectroscopy: spectra, no Pixel Data; RT Structure Set) are stored without a pixel check.
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
 }
 _NATIVE_TS = {

@@ -1,6 +1,6 @@
 """The Storage SCP and what scanners send: large multi-frame objects (received into a file on the
-spool's file system, never held whole in memory). Real senders: dcmtk ``storescu`` and
-pynetdicom, against the SCP in this process."""
+spool's file system, never held whole in memory), Legacy Converted Enhanced MR, MR Spectroscopy.
+Real senders: dcmtk ``storescu`` and pynetdicom, against the SCP in this process."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
+    MRSpectroscopyStorage,
+    generate_uid,
 )
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -30,7 +33,7 @@ from gateway.dicom.scp import StorageSCP
 from gateway.dicom.scu import store
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
-from tests.conftest import dcmtk_env, mr_slice, wait_for
+from tests.conftest import PROSTATEX_T2, dcmtk_env, mr_slice, wait_for
 from tests.large_objects import enhanced_mr, save_copies
 
 MIB = 1 << 20
@@ -188,3 +191,56 @@ def test_a_large_instance_with_wrong_pixel_data_is_refused(
             f.truncate(path.stat().st_size - 4096)
     assert _send_file(scp, path) == status
     assert _spooled(scp) == [] and _leftovers(scp) == []
+
+
+def test_a_legacy_converted_enhanced_mr_from_storescu_is_stored(
+    scp: StorageSCP, tmp_path: Path
+) -> None:
+    if not PROSTATEX_T2.is_dir():
+        pytest.skip(f"real test data not found at {PROSTATEX_T2}")
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    slices = [dcmread(p) for p in sorted(PROSTATEX_T2.glob("*.dcm"))[8:12]]
+    image = LegacyConvertedEnhancedMRImage(slices, generate_uid(), 99, generate_uid(), 1)
+    path = tmp_path / "legacy-converted.dcm"
+    image.save_as(path, enforce_file_format=True)
+    done = _storescu(scp, path)
+    assert done.returncode == 0, done.stderr
+    (stored,) = _spooled(scp)
+    assert dcmread(stored) == dcmread(path)  # as dcmtk re-encoded it (sequence lengths)
+    rec = wait_for(
+        lambda: scp.receiver.store.study(image.StudyInstanceUID), 10, what="the instance row"
+    )
+    assert rec.series[0].attributes["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.4.4"
+    assert rec.series[0].paths == {image.SOPInstanceUID: str(stored)}
+
+
+def _spectroscopy() -> Dataset:
+    """An MR Spectroscopy instance: one voxel, 512 complex points, no Pixel Data."""
+    ds = Dataset()
+    ds.SOPClassUID = MRSpectroscopyStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "SPECTROSCOPY", "NONE"]
+    ds.Rows = ds.Columns = ds.NumberOfFrames = 1
+    ds.DataPointRows, ds.DataPointColumns = 1, 512
+    ds.DataRepresentation = "COMPLEX"
+    ds.SignalDomainColumns = "TIME"
+    ds.SpectroscopyData = np.zeros(2 * 512, dtype=np.float32).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def test_mr_spectroscopy_without_pixel_data_is_stored(scp: StorageSCP) -> None:
+    ds = _spectroscopy()
+    dest = DestinationConfig(ae_title="AIRCON", host="127.0.0.1", port=scp.port)
+    assert store(dest, "SENDER", [ds]) == [0x0000]
+    (stored,) = _spooled(scp)
+    assert dcmread(stored).SpectroscopyData == ds.SpectroscopyData

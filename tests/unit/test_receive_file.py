@@ -1,6 +1,6 @@
 """Receiving an instance that arrived as a file (Receiver.accept_file): the checks of
 Receiver.accept on its headers, its pixel data checked where it lies in the file and never
-loaded, and the spool taking the file by rename."""
+loaded, and the spool taking the file by rename. Also the SOP classes checked for pixel data."""
 
 from __future__ import annotations
 
@@ -90,6 +90,27 @@ def test_a_deferred_pixel_data_is_checked_by_its_declared_length(tmp_path: Path)
     ds.NumberOfFrames = 99
     with pytest.raises(DatasetMismatch, match="x 99 frame"):
         check_dataset(ds, ds.SOPClassUID, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    ["1.2.840.10008.5.1.4.1.1.4.4", "1.2.840.10008.5.1.4.1.1.4.3"],  # legacy converted, color
+)
+def test_enhanced_mr_variants_are_checked_for_pixel_data(sop_class: str) -> None:
+    ds = enhanced_mr(0.01, size=16)
+    ds.SOPClassUID = sop_class
+    check_dataset(ds, sop_class, ExplicitVRLittleEndian)
+    ds.PixelData = ds.PixelData[:-2]
+    with pytest.raises(DatasetMismatch, match="pixel data is"):
+        check_dataset(ds, sop_class, ExplicitVRLittleEndian)
+
+
+def test_mr_spectroscopy_has_no_pixel_data_to_check() -> None:
+    ds = enhanced_mr(0.01, size=16)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.2"
+    del ds.PixelData
+    ds.SpectroscopyData = bytes(8 * 512)
+    check_dataset(ds, ds.SOPClassUID, ExplicitVRLittleEndian)
 
 
 def test_files_still_arriving_at_a_crash_are_removed_at_start(tmp_path: Path) -> None:
