@@ -47,15 +47,41 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     return b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
 
 
+def _reads_from(f: BinaryIO, offset: int) -> dict[str, Callable[..., Any]]:
+    """``read``/``seek``/``tell``/``getvalue``/``getbuffer`` of a BytesIO holding what ``f``
+    holds from ``offset`` on."""
+
+    def read(size: int | None = -1) -> bytes:
+        f.flush()
+        return f.read(-1 if size is None else size)
+
+    def seek(pos: int, whence: int = os.SEEK_SET) -> int:
+        f.flush()
+        return f.seek(pos + offset if whence == os.SEEK_SET else pos, whence) - offset
+
+    def tell() -> int:
+        return f.tell() - offset
+
+    def getvalue() -> bytes:
+        f.flush()
+        return os.pread(f.fileno(), os.fstat(f.fileno()).st_size - offset, offset)
+
+    def getbuffer() -> memoryview:
+        raise io.UnsupportedOperation("the data set is in a file: read it from .path")
+
+    return {"read": read, "seek": seek, "tell": tell, "getvalue": getvalue, "getbuffer": getbuffer}
+
+
 class SpillingBuffer(io.BytesIO):
     """A ``BytesIO`` for a data set that writes itself to a file once over ``threshold`` bytes.
 
     Written to by appending only (pynetdicom's DIMSE decoder). Once spilled, :attr:`path` is
     the Part 10 file (``header()`` then the data set), the in-memory buffer is emptied, and
     ``read``/``seek``/``tell``/``getvalue`` work on the file's data set bytes (``getvalue``
-    loads them: for callers that do not know about :attr:`path`). A failed file write is kept
-    in :attr:`error` and raised by :meth:`finish`; later bytes are dropped, never held in
-    memory instead.
+    loads them: for callers that do not know about :attr:`path`); until then they are the
+    ``BytesIO``'s own, at its speed (set on the instance at the spill, not overridden). A failed
+    file write is kept in :attr:`error` and raised by :meth:`finish`; later bytes are dropped,
+    never held in memory instead.
     """
 
     def __init__(
@@ -73,7 +99,6 @@ class SpillingBuffer(io.BytesIO):
         self.error: OSError | None = None
         self.size = 0  # data set bytes received
         self._header = header
-        self._offset = 0  # the header's length in the file
         self._file: BinaryIO | None = None
         self._lock = threading.Lock()
         self._on_spill = on_spill
@@ -115,11 +140,12 @@ class SpillingBuffer(io.BytesIO):
         self._file = os.fdopen(fd, "w+b")
         try:
             header = self._header()
-            self._offset = len(header)
             self._file.write(header)
             self._file.write(super().getbuffer())
-        except OSError as exc:
-            self._fail(exc)
+        except Exception as exc:  # a header pydicom cannot encode, a full disk: not stored
+            self._fail(exc if isinstance(exc, OSError) else OSError(f"file meta: {exc}"))
+        else:
+            vars(self).update(_reads_from(self._file, len(header)))
         super().seek(0)
         super().truncate(0)  # frees the memory
 
@@ -159,39 +185,6 @@ class SpillingBuffer(io.BytesIO):
     def close(self) -> None:
         self.discard()
         super().close()
-
-    # A spilled buffer read as a BytesIO: the file's data set bytes.
-
-    def _spilled_file(self) -> BinaryIO | None:
-        if self._file is None:
-            return None
-        self._file.flush()
-        return self._file
-
-    def read(self, size: int | None = -1) -> bytes:
-        f = self._spilled_file()
-        return super().read(size) if f is None else f.read(-1 if size is None else size)
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        f = self._spilled_file()
-        if f is None:
-            return super().seek(pos, whence)
-        return f.seek(pos + self._offset if whence == os.SEEK_SET else pos, whence) - self._offset
-
-    def tell(self) -> int:
-        f = self._spilled_file()
-        return super().tell() if f is None else f.tell() - self._offset
-
-    def getvalue(self) -> bytes:
-        f = self._spilled_file()
-        if f is None:
-            return super().getvalue()
-        return os.pread(f.fileno(), self.size, self._offset)
-
-    def getbuffer(self) -> memoryview:
-        if self.spilled:
-            raise io.UnsupportedOperation("the data set is in a file: read it from .path")
-        return super().getbuffer()
 
 
 class Incoming:
