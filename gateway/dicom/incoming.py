@@ -177,8 +177,9 @@ class SpillingBuffer(io.BytesIO):
                 self._file = None
             if self.path is not None:
                 self.path.unlink(missing_ok=True)
-            super().seek(0)
-            super().truncate(0)
+            if not self.closed:
+                super().seek(0)
+                super().truncate(0)
         if self._on_discard is not None:
             self._on_discard(self)
 

@@ -62,7 +62,9 @@ def test_a_large_data_set_becomes_a_part10_file_and_leaves_memory(tmp_path: Path
     assert decode(buf, False, True).PixelData == ds.PixelData
     buf.discard()
     assert not path.exists()
-    buf.discard()  # idempotent
+    buf.discard()  # idempotent, and closing it too
+    buf.close()
+    buf.close()
 
 
 def test_a_failed_spill_is_reported_and_never_held_in_memory_instead(tmp_path: Path) -> None:
