@@ -17,6 +17,7 @@ from gateway.monitor.echo import EchoMonitor
 from gateway.pipeline import Pipeline
 from gateway.queue import HueyDispatcher, make_queues
 from gateway.receive.receiver import Receiver
+from gateway.receive.recovery import recover_returned, recover_spool
 from gateway.receive.spool import Spool
 from gateway.scheduler import Scheduler, new_owner
 
@@ -196,8 +197,8 @@ class Gateway:
             crash=self.crash,
         )
         spool.remove_stale_temporaries()
-        receiver.recover_spool()
-        receiver.recover_returned()
+        recover_spool(spool, self.store)
+        recover_returned(receiver.returned, self.store)
         return scp
 
     def _purge_loop(self, stop: threading.Event) -> None:

@@ -56,3 +56,16 @@ def durable_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def durable_rename(source: Path, path: Path) -> None:
+    """Move the complete file ``source`` to ``path`` (same file system) atomically and durably:
+    fdatasync of its data, rename over ``path``, fsync of the directory. Raises OSError,
+    leaving ``source`` where it was and any previous ``path`` as it was."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, path)
+    fsync_dir(path.parent)

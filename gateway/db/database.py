@@ -245,7 +245,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute(f"PRAGMA busy_timeout={migrate.SQLITE_BUSY_TIMEOUT_MS}")
     migrate.sqlite_wal(cur)
     # NORMAL: a commit survives a process crash; on power loss the last rows may roll back, and
-    # Receiver.recover_spool() re-records them from the spool, which is fsynced per instance.
+    # gateway.receive.recovery re-records them from the spool, which is fsynced per instance.
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -11,6 +11,11 @@ queue, and PDUs are read in one ``recv_into`` per chunk of up to 1 MiB. The loop
 pynetdicom 3.0.4's (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with only
 the waits changed, so :func:`install` refuses any other version (the association then runs
 pynetdicom's own loops). A proposal for upstream: the same waits behind a flag.
+
+With an :class:`~gateway.dicom.incoming.Incoming`, the association's DIMSE provider also
+gathers each C-STORE data set in a :class:`~gateway.dicom.incoming.SpillingBuffer` (a large
+one goes to a file on the spool's file system as it arrives, not into memory), and the
+association's end deletes the files nobody took.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import select
 import socket
 import ssl
 import time
+from io import BytesIO
 from typing import Any
 
 import pynetdicom
 from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.utils import make_target
+
+from gateway.dicom.incoming import Incoming, part10_header
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +51,10 @@ def supported() -> bool:
     return str(pynetdicom.__version__) == PINNED_VERSION
 
 
-def install(assoc: Any) -> bool:
-    """Give an accepted association (not yet started) the event-driven loops; False (and
-    pynetdicom's own loops) on another pynetdicom version."""
+def install(assoc: Any, incoming: Incoming | None = None) -> bool:
+    """Give an accepted association (not yet started) the event-driven loops, and C-STORE data
+    sets gathered in ``incoming``'s buffers; False (and pynetdicom's own loops and buffers) on
+    another pynetdicom version."""
     if not supported():
         return False
     dul = assoc.dul
@@ -66,7 +76,42 @@ def install(assoc: Any) -> bool:
     dul._target = make_target(functools.partial(_dul_reactor, dul, wake_r, wake_w))
     dul.socket.recv = functools.partial(_recv, dul.socket)
     assoc._run_reactor = functools.partial(_association_reactor, assoc)
+    if incoming is not None:
+        dimse = assoc.dimse
+        dimse.receive_primitive = functools.partial(
+            _receive_primitive, assoc, incoming, dimse.receive_primitive
+        )
+        assoc._run_reactor = functools.partial(_run_then_close, assoc, incoming)
     return True
+
+
+def _receive_primitive(assoc: Any, incoming: Incoming, receive: Any, primitive: Any) -> None:
+    """pynetdicom's ``DIMSEServiceProvider.receive_primitive``, then: a C-STORE request whose
+    command is complete and whose data set is still arriving gets a :class:`SpillingBuffer`
+    (with what arrived so far) in place of its ``BytesIO``."""
+    receive(primitive)
+    msg = assoc.dimse.message
+    if not isinstance(msg, C_STORE_RQ) or type(msg.data_set) is not BytesIO:
+        return  # no message under way, another kind, or already swapped
+    try:
+        cs = msg.command_set
+        sop_class, sop_instance = str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID)
+        transfer_syntax = str(assoc._accepted_cx[msg.context_id].transfer_syntax[0])
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return  # pynetdicom refuses the request once it is complete
+    header = functools.partial(part10_header, sop_class, sop_instance, transfer_syntax)
+    buf = incoming.buffer(header)
+    if buf is None:
+        return
+    buf.write(msg.data_set.getbuffer())
+    msg.data_set = buf
+
+
+def _run_then_close(assoc: Any, incoming: Incoming) -> None:
+    try:
+        _association_reactor(assoc)
+    finally:  # no request of this association is served any more: its files are leftovers
+        incoming.close()
 
 
 def _wake(wake_w: socket.socket) -> None:

@@ -6,6 +6,10 @@ only over TLS where the peer requires it); others are rejected at association. A
 for ``limits.idle_timeout_s`` is aborted. The C-STORE handler writes the received bytes durably
 through the :class:`~gateway.receive.Receiver` and returns (the row follows, written by the
 receiver's instance writer between ``start()`` and ``stop()``); it never waits for inference.
+A data set larger than :data:`~gateway.dicom.incoming.SPILL_BYTES` is written to a file on the
+spool's file system as it arrives (:mod:`gateway.dicom.incoming`) and the spool takes that file,
+so memory does not grow with the size of what peers send; peers are asked for P-DATA PDUs of at
+most :data:`MAX_PDU_LENGTH` (a PDU is held whole in memory).
 
 C-STORE statuses: 0x0000 stored; 0xC210 undecodable or invalid/missing UIDs; 0xC211 a UID already
 recorded for another study or series (with an ErrorComment saying which); 0xA900 dataset does
@@ -26,6 +30,7 @@ from pydicom.uid import (
     JPEG2000,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRColorImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -36,7 +41,9 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    LegacyConvertedEnhancedMRImageStorage,
     MRImageStorage,
+    MRSpectroscopyStorage,
     RLELossless,
     RTStructureSetStorage,
 )
@@ -53,6 +60,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.config import LimitsConfig, PeerConfig, ServerTls
 from gateway.db.records import InstanceRecord
 from gateway.dicom import reactor, status
+from gateway.dicom.incoming import Incoming, SpillingBuffer
 from gateway.dicom.tcp import set_nodelay
 from gateway.errors import DatasetMismatch, InvalidInput, OutOfResources, UidConflict
 from gateway.failpoints import CrashPoints
@@ -64,7 +72,9 @@ log = logging.getLogger(__name__)
 STORAGE_CLASSES = (
     MRImageStorage,
     EnhancedMRImageStorage,
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    LegacyConvertedEnhancedMRImageStorage,
+    EnhancedMRColorImageStorage,
+    MRSpectroscopyStorage,
     CTImageStorage,
     RTStructureSetStorage,
 )
@@ -82,6 +92,11 @@ TRANSFER_SYNTAXES = (
     JPEG2000,
     RLELossless,
 )
+
+# The largest P-DATA PDU we take (A-ASSOCIATE-AC Maximum Length Received): each is held whole
+# in memory, and a peer told "no limit" (0) may send a 100 MB data set as one PDU (pynetdicom
+# does). dcmtk sends 128 KiB PDUs whatever we say.
+MAX_PDU_LENGTH = 1 << 20
 
 # pynetdicom's "standard" log handlers decode and format every PDU and DIMSE message (at DEBUG
 # level, but the work is done whatever the level): a receiver unbinds them and logs each
@@ -202,7 +217,7 @@ class StorageSCP:
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs
+        ae.maximum_pdu_size = MAX_PDU_LENGTH
         ae.maximum_associations = self.limits.max_associations
         idle = self.limits.idle_timeout_s
         ae.network_timeout = idle  # an association silent this long is aborted
@@ -217,7 +232,8 @@ class StorageSCP:
         set_nodelay(event)
         for e, handler in _STANDARD_LOG_HANDLERS:  # bound by each Association at creation
             event.assoc.unbind(e, handler)
-        reactor.install(event.assoc)  # before the association starts: event-driven waits
+        # Before the association starts: event-driven waits, large data sets into files.
+        reactor.install(event.assoc, Incoming(self.receiver.spool.incoming))
         # pynetdicom's idle timer runs only between PDUs: a peer that declares a long PDU and
         # sends less would hold a connection (and a slot) for ever. A socket timeout bounds
         # every read; pynetdicom treats it as the connection closing.
@@ -339,19 +355,9 @@ class StorageSCP:
         self, event: Any, session: _Session
     ) -> tuple[int | Dataset, str, InstanceRecord | None]:
         """Decode, check and store one C-STORE request: (status, reason, record if stored)."""
-        assoc = event.assoc
+        data_set = event.request.DataSet
         try:
-            ds = event.dataset
-            encoded = event.encoded_dataset()
-            rec = self.receiver.accept(
-                ds,
-                encoded,
-                assoc.requestor.ae_title.strip(),
-                assoc.acceptor.ae_title.strip(),
-                sop_class_uid=str(event.request.AffectedSOPClassUID),
-                transfer_syntax=str(event.context.transfer_syntax),
-                opens=lambda study: study not in session.opened,
-            )
+            rec = self._accept(event, session)
         except UidConflict as exc:
             log.warning("C-STORE refused (0xC211): %s", exc)
             return _with_comment(status.UID_CONFLICT, exc.reason), exc.reason, None
@@ -370,7 +376,24 @@ class StorageSCP:
         except Exception as exc:  # undecodable dataset: never answer success
             log.warning("C-STORE could not be decoded (0xC210): %s", type(exc).__name__)
             return status.CANNOT_UNDERSTAND, "undecodable dataset", None
+        finally:
+            if isinstance(data_set, SpillingBuffer):
+                data_set.discard()  # its file, unless the spool took it; its memory
         return status.SUCCESS, "", rec
+
+    def _accept(self, event: Any, session: _Session) -> InstanceRecord:
+        assoc = event.assoc
+        options: dict[str, Any] = {
+            "sop_class_uid": str(event.request.AffectedSOPClassUID),
+            "transfer_syntax": str(event.context.transfer_syntax),
+            "opens": lambda study: study not in session.opened,
+        }
+        who = (assoc.requestor.ae_title.strip(), assoc.acceptor.ae_title.strip())
+        data_set = event.request.DataSet
+        path = data_set.finish() if isinstance(data_set, SpillingBuffer) else None
+        if path is not None:  # a large data set, in a file: never loaded whole
+            return self.receiver.accept_file(path, *who, **options)
+        return self.receiver.accept(event.dataset, event.encoded_dataset(), *who, **options)
 
     def _on_dimse_sent(self, event: Any) -> None:
         # Fires before the response is encoded and written: note it, and let the crash point

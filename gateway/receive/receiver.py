@@ -16,10 +16,13 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from gateway.config import LimitsConfig, StorageConfig
 from gateway.db.database import Store
@@ -36,6 +39,11 @@ from gateway.receive.writer import Ended, InstanceWriter
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
+
+# Values larger than this stay in the file when a received file is read (accept_file): the
+# pixel data, never the functional groups (sequences are read whole). A deflated file is
+# inflated in memory whatever this says.
+DEFER_BYTES = 1 << 20
 
 # Series-level attributes kept for routing and series selection (no patient data).
 SERIES_KEYWORDS = (
@@ -200,21 +208,67 @@ class Receiver:
         (the study then counts as being sent until the association ends).
         """
         check_encoding(ds)
-        rec = describe_instance(ds, salt=self.store.patient_salt)
-        check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
+        rec = self._described(ds, sop_class_uid, transfer_syntax)
         if rec.sop_class_uid == RT_STRUCTURE_SET_STORAGE:
             self._accept_structure_set(ds, encoded, calling_ae)
             return rec
+        uids = (rec.study_uid, rec.series_uid, rec.sop_instance_uid)
+        put = functools.partial(self.spool.write, *uids, encoded)
+        return self._keep(rec, len(encoded), put, calling_ae, called_ae, opens)
+
+    def accept_file(
+        self,
+        path: Path,
+        calling_ae: str,
+        called_ae: str,
+        *,
+        sop_class_uid: str | None = None,
+        transfer_syntax: str = "1.2.840.10008.1.2.1",
+        opens: Callable[[str], bool] = lambda study_uid: False,
+    ) -> InstanceRecord:
+        """:meth:`accept` for an instance received into the complete Part 10 file ``path`` on
+        the spool's file system (``Spool.incoming``): the same checks, statuses and record, its
+        large values (the pixel data) checked where they lie in the file, never loaded; the
+        spool takes the file by rename. On a refusal the file stays where it was."""
+        deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+        ds = dcmread(path, defer_size=None if deflated else DEFER_BYTES)
+        size = path.stat().st_size
+        check_encoding(ds, size)
+        rec = self._described(ds, sop_class_uid, transfer_syntax)
+        if rec.sop_class_uid == RT_STRUCTURE_SET_STORAGE:  # kept apart, maybe elsewhere: copied
+            self._accept_structure_set(ds, path.read_bytes(), calling_ae)
+            return rec
+        uids = (rec.study_uid, rec.series_uid, rec.sop_instance_uid)
+        put = functools.partial(self.spool.adopt, *uids, path)
+        return self._keep(rec, size, put, calling_ae, called_ae, opens)
+
+    def _described(
+        self, ds: Dataset, sop_class_uid: str | None, transfer_syntax: str
+    ) -> InstanceRecord:
+        rec = describe_instance(ds, salt=self.store.patient_salt)
+        check_dataset(ds, sop_class_uid or rec.sop_class_uid, transfer_syntax)
+        return rec
+
+    def _keep(
+        self,
+        rec: InstanceRecord,
+        size: int,
+        put: Callable[[], Path],
+        calling_ae: str,
+        called_ae: str,
+        opens: Callable[[str], bool],
+    ) -> InstanceRecord:
+        """Admit an instance, have ``put()`` make it a durable spool file, record it."""
         self._check_space()
         if self.writer.failing:
             raise OutOfResources(
                 "the database takes no instance rows now (they are held and retried): "
                 "send again later"
             )
-        ticket = self.admission.admit(rec, len(encoded), opens(rec.study_uid))
+        ticket = self.admission.admit(rec, size, opens(rec.study_uid))
         try:
-            path = self.spool.write(rec.study_uid, rec.series_uid, rec.sop_instance_uid, encoded)
-            rec = dataclasses.replace(rec, path=str(path), size=len(encoded))
+            path = put()
+            rec = dataclasses.replace(rec, path=str(path), size=size)
             item = Received(rec, calling_ae, called_ae, time.time(), ticket.opened)
             if not self.writer.running:
                 self.writer.write_one(item, raising=True)
@@ -274,59 +328,6 @@ class Receiver:
                 f"disk guard: {free_mb:.0f} MB free under {where}, below "
                 f"storage.min_free_mb {self.storage.min_free_mb:g} MB"
             )
-
-    def recover_spool(self) -> int:
-        """Record spool files that have no database row (rows lost to a power cut after the
-        instance was acknowledged); return how many. The spool is the durable record."""
-        from pydicom import dcmread
-
-        known = self.store.known_instances()
-        studies: set[str] = set()
-        for path in self.spool.root.glob("*/*/*.dcm"):
-            if path.stem in known:
-                continue
-            try:
-                ds = dcmread(path, stop_before_pixels=True)
-                rec = describe_instance(ds, str(path), salt=self.store.patient_salt)
-            except Exception as exc:  # keep the file; report, do not crash the start-up
-                log.error("spool file %s could not be re-recorded: %s", path.name, exc)
-                continue
-            try:
-                self.store.record_instance(rec, calling_ae="", called_ae="")
-            except UidConflict as exc:  # another study holds its UIDs: never join it
-                log.error("spool file %s not re-recorded: %s", path.name, exc)
-                continue
-            studies.add(rec.study_uid)
-        if studies:
-            log.warning("re-recorded instances of %d study(ies) from the spool", len(studies))
-            now = time.time()
-            for uid in sorted(studies):
-                self.store.schedule_check(uid, now)
-        return len(studies)
-
-    def recover_returned(self) -> int:
-        """Record returned structure-set files that have no database row; return how many."""
-        from pydicom import dcmread
-
-        known = self.store.known_structure_sets()
-        n = 0
-        for path in self.returned.root.glob("*/*/*.dcm"):
-            if path.stem in known:
-                continue
-            try:
-                ds = dcmread(path, stop_before_pixels=True)
-                rec = describe_structure_set(ds, calling_ae="", path=str(path))
-            except Exception as exc:  # keep the file; report, do not crash the start-up
-                log.error("returned file %s could not be re-recorded: %s", path.name, exc)
-                continue
-            size = path.stat().st_size
-            rec = dataclasses.replace(rec, size=size, received_at=path.stat().st_mtime)
-            # Its row was lost: who sent it is unknown, so it is not compared unless sent again.
-            self.store.record_structure_set(rec, "sender unknown after a restart: send it again")
-            n += 1
-        if n:
-            log.warning("re-recorded %d returned structure set(s) from disk", n)
-        return n
 
     def _audit(self, event: str, outcome: str, **fields: Any) -> None:
         """One audit row; a failure to write it is logged, never raised into reception."""

@@ -3,7 +3,8 @@
 Every path component is a UID checked against the UID grammar, never a raw string from the
 network. A write is atomic and durable before it returns (:func:`gateway.durable.durable_write`:
 temporary file, fdatasync, rename, fsync of the directory). Only then may the Storage SCP answer
-success.
+success. A large instance arrives as a file in ``<root>/.incoming/`` (written as it is received,
+:mod:`gateway.dicom.incoming`) and is taken by :meth:`Spool.adopt`: fdatasync and rename.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.durable import durable_write, make_dirs
+from gateway.durable import durable_rename, durable_write, make_dirs
 from gateway.errors import InvalidInput
 from gateway.uids import is_valid_uid
 
@@ -50,6 +51,22 @@ class Spool:
             self._written += len(data)
         return path
 
+    @property
+    def incoming(self) -> Path:
+        """Where large instances are written as they arrive (same file system as the spool)."""
+        return self.root / ".incoming"
+
+    def adopt(self, study_uid: str, series_uid: str, sop_instance_uid: str, source: Path) -> Path:
+        """Take the complete file ``source`` (under :attr:`incoming`) durably and atomically, by
+        rename; return the final path. Raises OSError (``source`` is then left in place)."""
+        path = self.path_for(study_uid, series_uid, sop_instance_uid)
+        self._ensure_dir(path.parent)
+        size = source.stat().st_size
+        durable_rename(source, path)
+        with self._lock:
+            self._written += size
+        return path
+
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
@@ -73,9 +90,10 @@ class Spool:
         return free
 
     def remove_stale_temporaries(self) -> int:
-        """Delete temporary files of writes cut off by a crash (never acknowledged)."""
+        """Delete temporary files of writes cut off by a crash (never acknowledged), and
+        instances that were still arriving (:attr:`incoming`)."""
         n = 0
-        for tmp in self.root.glob("*/*/.*.tmp"):
+        for tmp in [*self.root.glob("*/*/.*.tmp"), *self.incoming.glob(".*.part")]:
             tmp.unlink(missing_ok=True)
             n += 1
         if n:

@@ -10,7 +10,7 @@ in order, and written again every few seconds, never dropped while the process l
 :attr:`InstanceWriter.failing` is set and reception answers "out of resources" (0xA700), so the
 senders retry instead of being told "stored" for rows that cannot be written. A row the database
 refuses on its own (others are written) is logged and left to the spool: the spool is the
-durable record, and ``Receiver.recover_spool`` records it at the next start, as any row lost to
+durable record, and ``recovery.recover_spool`` records it at the next start, as any row lost to
 a crash. ``stop()`` writes everything queued (held rows are given up to the spool then).
 """
 

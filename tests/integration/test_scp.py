@@ -220,8 +220,8 @@ def test_accepted_associations_run_event_driven_only_on_the_pinned_pynetdicom(
     installed: list[tuple[object, bool]] = []
     real_install = reactor.install
 
-    def install(assoc: object) -> bool:
-        installed.append((assoc, real_install(assoc)))
+    def install(assoc: object, incoming: object = None) -> bool:
+        installed.append((assoc, real_install(assoc, incoming)))
         return installed[-1][1]
 
     monkeypatch.setattr(reactor, "install", install)

@@ -27,6 +27,7 @@ from gateway.job import JobOutcome, ModelOutcome, ModelState, Provenance, RoiOut
 from gateway.qa.loop import QaLoop
 from gateway.qa_policy import QaConfig
 from gateway.receive.receiver import Receiver
+from gateway.receive.recovery import recover_returned
 from gateway.receive.spool import Spool
 
 NAMES = {1: "Prostate", 2: "Bladder", 3: "Rectum"}
@@ -230,7 +231,7 @@ def test_a_returned_file_without_its_row_is_listed_not_compared(
         str(approved.SOPInstanceUID),
         _bytes(approved),
     )
-    assert site.receiver.recover_returned() == 1
+    assert recover_returned(site.receiver.returned, site.receiver.store) == 1
     rec = site.state(str(approved.SOPInstanceUID))
     assert rec.state is StructureSetState.UNPAIRED and "send it again" in rec.reason
     assert rec.path == str(path)

@@ -15,6 +15,7 @@ from gateway.db.database import Store
 from gateway.errors import DatasetMismatch, OutOfResources
 from gateway.receive.checks import check_dataset
 from gateway.receive.receiver import Receiver
+from gateway.receive.recovery import recover_spool
 from gateway.receive.spool import Spool
 
 
@@ -57,12 +58,11 @@ def test_spool_files_without_rows_are_recorded_at_start(tmp_path: Path) -> None:
     ds, data = _instance()
     spool.write(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    rx = Receiver(spool, store)
     assert store.study(ds.StudyInstanceUID) is None
-    assert rx.recover_spool() == 1
+    assert recover_spool(spool, store) == 1
     assert [uid for uid, _ in store.due_checks(now=time.time())] == [ds.StudyInstanceUID]
     assert ds.SOPInstanceUID in store.known_instances()
-    assert rx.recover_spool() == 0  # idempotent
+    assert recover_spool(spool, store) == 0  # idempotent
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from gateway.db.database import Store
 from gateway.db.reception import Received
 from gateway.errors import OutOfResources, UidConflict
 from gateway.receive.receiver import Receiver, describe_instance
+from gateway.receive.recovery import recover_spool
 from gateway.receive.spool import Spool
 from gateway.receive.writer import InstanceWriter
 from tests.conftest import mr_slice
@@ -181,7 +182,7 @@ def test_a_failing_database_is_retried_its_rows_held_and_reception_paused(
     rx.stop()
     assert rx.writer.lost == 2 and _instances(Store(database_url), lost[0].StudyInstanceUID) == 0
     restarted = _receiver(Store(database_url), tmp_path)
-    assert restarted.recover_spool() == 1
+    assert recover_spool(restarted.spool, restarted.store) == 1
     assert _instances(restarted.store, lost[0].StudyInstanceUID) == 2
 
 
