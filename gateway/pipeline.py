@@ -12,6 +12,7 @@ due study checks, work queued by another process, and jobs whose owner died.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -101,6 +102,7 @@ class Pipeline:
             # Never ready while being sent: the association's end asks for the next check.
             self.store.set_study_reason(study_uid, "being received")
             return
+        study = _without_our_images(study, self.store.images_made(study_uid))
         rule = routing.route(self.cfg.rules, study)
         if rule is None:
             why = "no rule matches: " + routing.explain(self.cfg.rules, study)
@@ -281,6 +283,18 @@ class Pipeline:
             self._qa().evaluate()
         except Exception:
             log.exception("QA control charts could not be evaluated at start")
+
+
+def _without_our_images(study: StudyInfo, ours: set[str]) -> StudyInfo:
+    """The study less the series of images this gateway made (a classic copy a PACS forwarded
+    back): never routed, and their arrival is not new input for a job."""
+    if not ours:
+        return study
+    kept = tuple(s for s in study.series if not (s.paths and set(s.paths) <= ours))
+    if len(kept) == len(study.series):
+        return study
+    last = max((s.received[1] for s in kept), default=study.first_received_at)
+    return dataclasses.replace(study, series=kept, last_received_at=last)
 
 
 def _received(study: StudyInfo, series_uids: list[str]) -> dict[str, float]:

@@ -60,6 +60,16 @@ class WorkQueries:
             query = select(JobRow).where(JobRow.study_uid == study_uid).order_by(JobRow.id)
             return list(s.scalars(query))
 
+    def images_made(self, study_uid: str) -> set[str]:
+        """SOP Instance UIDs of the images this gateway made for a study's jobs (the classic
+        copy of a multi-frame primary): were they sent back to us, they are not new input."""
+        return {
+            a.uid
+            for job in self.jobs_of_study(study_uid)
+            for a in job.job_outcome.artifacts
+            if a.kind == "image"
+        }
+
     def create_job(self, study_uid: str, rule: str, models: Sequence[str], now: float) -> JobRow:
         """Open a job waiting for its inputs, or return the unfinished one for this study and
         rule (another process may have opened it a moment ago)."""
