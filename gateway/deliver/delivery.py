@@ -26,6 +26,7 @@ from gateway.db.database import Store
 from gateway.db.records import DeliveryState
 from gateway.errors import GatewayError, PeerUnavailable, PermanentError, RetriableError
 from gateway.failpoints import CrashPoints
+from gateway.job import JobOutcome
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,16 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     """Exponential backoff with +-20% jitter: base, 2 base, 4 base, ... capped at ``cap``."""
     rng = rng or random.Random()
     return min(cap, base * 2 ** max(0, attempt - 1)) * rng.uniform(0.8, 1.2)
+
+
+def _what(outcome: JobOutcome, outputs: tuple[str, ...]) -> str:
+    """What a delivery sent, for the log: "RTSTRUCT", "RTSTRUCT + SEG + 24 image(s)"."""
+    if not outcome.artifacts:
+        return "RTSTRUCT"
+    sent = [a.kind for a in outcome.artifacts if a.kind in {*outputs, "image"}]
+    names = [k.upper() for k in ("rtstruct", "seg") if k in sent]
+    images = sent.count("image")
+    return " + ".join(names + ([f"{images} image(s)"] if images else []))
 
 
 class Deliverer:
@@ -133,7 +144,12 @@ class Deliverer:
             log.warning("job %d: delivery to %s rejected: %s", d.job_id, d.destination, exc)
             self._finish(delivery_id, DeliveryState.FAILED, attempt, str(exc), "rejected")
             return
-        log.info("job %d: %d file(s) delivered to %s", d.job_id, len(files), d.destination)
+        log.info(
+            "job %d: %s delivered to %s",
+            d.job_id,
+            _what(job.job_outcome, dest.outputs),
+            d.destination,
+        )
         self._finish(delivery_id, DeliveryState.DELIVERED, attempt, "0x0000", "delivered")
 
     def _send(self, dest: DestinationConfig, files: list[Path]) -> None:
