@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import MRImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.contour.classic_mr import frame_display, image_type, mr_image_module
-from gateway.contour.rtstruct import MANUFACTURER_MODEL_NAME, gateway_version
+from gateway.contour.rtstruct import MANUFACTURER_MODEL_NAME, file_meta, gateway_version
 from gateway.errors import InvalidInput
 from gateway.grid import slice_normal
 from gateway.imaging import Volume
@@ -153,7 +153,7 @@ def classic_copy(
         full = Dataset()
         full.update(out)
         full.PixelData = pixels[k].tobytes()
-        full.file_meta = _file_meta(str(out.SOPInstanceUID))
+        full.file_meta = file_meta(MRImageStorage, str(out.SOPInstanceUID))
         copies.append(full)
     logger.debug(
         "classic copy of series %s: %d frames -> series %s",
@@ -316,12 +316,3 @@ def _derivation(
     )
     earlier = copy.deepcopy(list(src.get("ContributingEquipmentSequence") or []))
     out.ContributingEquipmentSequence = DicomSequence([*earlier, equipment])
-
-
-def _file_meta(sop_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta

@@ -364,13 +364,14 @@ def build_structure_set(
     ds.StructureSetROISequence = DicomSequence(structure_rois)
     ds.ROIContourSequence = DicomSequence(contours)
     ds.RTROIObservationsSequence = DicomSequence(observations)
-    ds.file_meta = _file_meta(sop_uid)
+    ds.file_meta = file_meta(RTStructureSetStorage, sop_uid)
     return ds
 
 
-def _file_meta(sop_uid: str) -> FileMetaDataset:
+def file_meta(sop_class_uid: str, sop_uid: str) -> FileMetaDataset:
+    """File Meta Information of an object we write (Explicit VR Little Endian)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
