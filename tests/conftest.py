@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from gateway.db.database import Store
 from gateway.demo.launcher import Gateway, free_port, free_ports, write_config
+from tests.datasets import new_instance
 from tests.services import PostgresServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,15 +53,7 @@ def wait_for(
 def mr_slice(**attributes: Any) -> Dataset:
     """One axial MR slice (8 x 8, 16-bit, zero pixels) with fresh valid UIDs, geometry and file
     meta, no patient data; ``attributes`` (DICOM keywords) override or add."""
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
+    ds = new_instance(MRImageStorage)
     ds.ImagePositionPatient = [-2.0, -2.0, 0.0]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.PixelSpacing = [0.5, 0.5]

@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from tests.datasets import new_instance
+
 
 def _item(**attributes: object) -> Dataset:
     ds = Dataset()
@@ -26,15 +28,7 @@ def enhanced_mr(megabytes: float, size: int = 512, seed: int = 0) -> Dataset:
     """An Enhanced MR Image of about ``megabytes`` MB of native pixel data (``size`` x ``size``
     uint16 frames, 3 mm apart), fresh UIDs, file meta, no patient data."""
     frames = max(1, math.ceil(megabytes * 1e6 / (size * size * 2)))
-    ds = Dataset()
-    ds.SOPClassUID = EnhancedMRImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
+    ds = new_instance(EnhancedMRImageStorage)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.Rows = ds.Columns = size
     ds.NumberOfFrames = frames

@@ -34,6 +34,7 @@ from gateway.dicom.scu import store
 from gateway.receive.receiver import Receiver
 from gateway.receive.spool import Spool
 from tests.conftest import PROSTATEX_T2, dcmtk_env, mr_slice, wait_for
+from tests.datasets import new_instance
 from tests.large_objects import enhanced_mr, save_copies
 
 MIB = 1 << 20
@@ -217,14 +218,7 @@ def test_a_legacy_converted_enhanced_mr_from_storescu_is_stored(
 
 def _spectroscopy() -> Dataset:
     """An MR Spectroscopy instance: one voxel, 512 complex points, no Pixel Data."""
-    ds = Dataset()
-    ds.SOPClassUID = MRSpectroscopyStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds = new_instance(MRSpectroscopyStorage)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "SPECTROSCOPY", "NONE"]
     ds.Rows = ds.Columns = ds.NumberOfFrames = 1
     ds.DataPointRows, ds.DataPointColumns = 1, 512
